@@ -1,0 +1,52 @@
+"""Atomic output folders: write into a temporary sibling, rename when done.
+
+A job that fails or is interrupted leaves no half-written output behind: the
+final path either does not exist, or holds the previous complete result, or
+the new complete result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from endo3d.core.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary folder that becomes ``path`` on success.
+
+    The temporary folder is created beside ``path`` (same file system, so the
+    final step is a rename). On an exception it is deleted and ``path`` is
+    left untouched.
+
+    Args:
+        path: the final output folder.
+        overwrite: replace an existing ``path``; otherwise an existing path is
+            an :class:`InputError`, raised before any work is done.
+    """
+    final = Path(path)
+    if final.exists() and not overwrite:
+        raise InputError(final, "already exists (pass --overwrite to replace it)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
