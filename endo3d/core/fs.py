@@ -17,6 +17,13 @@ from typing import Iterator
 from endo3d.core.errors import InputError
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so set it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder that becomes ``path`` on success.
@@ -35,6 +42,7 @@ def atomic_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> 
         raise InputError(final, "already exists (pass --overwrite to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; give the usual folder permissions
     try:
         yield tmp
     except BaseException:

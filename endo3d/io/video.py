@@ -17,6 +17,7 @@ import av
 import numpy as np
 
 from endo3d.core.errors import InputError
+from endo3d.core.fs import current_umask
 from endo3d.io.images import _as_numpy
 
 _FFMPEG_ERRORS = (av.error.FFmpegError, UnicodeDecodeError)
@@ -231,6 +232,7 @@ class VideoWriter:
         fd, name = tempfile.mkstemp(prefix=f".{self.path.stem}.tmp-", suffix=self.path.suffix, dir=self.path.parent)
         os.close(fd)
         self._tmp = Path(name)
+        self._tmp.chmod(0o666 & ~current_umask())  # mkstemp makes 0600
         try:
             self._container = av.open(name, "w")
         except (ValueError, *_FFMPEG_ERRORS) as e:

@@ -1,0 +1,5 @@
+import sys
+
+from endo3d.cli.main import main
+
+sys.exit(main())

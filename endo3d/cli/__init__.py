@@ -1,0 +1,1 @@
+"""The ``endo3d`` command line."""

@@ -1,0 +1,188 @@
+"""Ray casting the scene at a time t with open3d's Embree-backed BVH.
+
+Static surfaces go into one BVH built once per process; moving surfaces
+(deforming tissue, instruments) into a BVH rebuilt per frame from the blocks
+within reach of the camera. A cast queries both and keeps the nearer hit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import time
+
+import numpy as np
+import open3d as o3d
+import open3d.core as o3c
+
+from endo3d.sim.scene import Scene
+
+INVALID = np.iinfo(np.uint32).max
+
+
+@dataclass
+class Hits:
+    """Per-ray results, N rays.
+
+    Attributes:
+        t: ``(N,)`` float32 distance along the unit ray (inf: no hit).
+        surface: ``(N,)`` int32 index into ``scene.surfaces`` (-1: no hit).
+        face: ``(N,)`` int64 face index within the surface.
+        bary: ``(N, 2)`` float32 (u, v): the hit is ``(1-u-v) V0 + u V1 + v V2``.
+        face_normal: ``(N, 3)`` float32 geometric normal of the hit triangle
+            at this time (world frame, following the face winding).
+    """
+
+    t: np.ndarray
+    surface: np.ndarray
+    face: np.ndarray
+    bary: np.ndarray
+    face_normal: np.ndarray
+
+    @property
+    def hit(self) -> np.ndarray:
+        return self.surface >= 0
+
+
+@dataclass
+class _Layer:
+    scene: o3d.t.geometry.RaycastingScene
+    surfaces: list[int]  # geometry id -> surface index
+    faces: list[np.ndarray | None]  # geometry id -> global face index per local face, or None
+
+
+def _layer(items: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]) -> _Layer | None:
+    if not items:
+        return None
+    scene = o3d.t.geometry.RaycastingScene()
+    surfaces, faces = [], []
+    for index, vertices, tris, face_ids in items:
+        scene.add_triangles(o3c.Tensor(np.ascontiguousarray(vertices, dtype=np.float32)),
+                            o3c.Tensor(np.ascontiguousarray(tris, dtype=np.uint32)))
+        surfaces.append(index)
+        faces.append(face_ids)
+    return _Layer(scene, surfaces, faces)
+
+
+def _cast(layer: _Layer, rays: np.ndarray, threads: int) -> Hits:
+    r = layer.scene.cast_rays(o3c.Tensor(rays), nthreads=threads)
+    gid = r["geometry_ids"].numpy()
+    hit = gid != INVALID
+    surface = np.full(len(gid), -1, dtype=np.int32)
+    face = r["primitive_ids"].numpy().astype(np.int64)
+    lookup = np.array(layer.surfaces, dtype=np.int32)
+    surface[hit] = lookup[gid[hit]]
+    for g, ids in enumerate(layer.faces):
+        if ids is not None:
+            sel = hit & (gid == g)
+            face[sel] = ids[face[sel]]
+    return Hits(r["t_hit"].numpy(), surface, face, r["primitive_uvs"].numpy(), r["primitive_normals"].numpy())
+
+
+class Raycaster:
+    """Builds :class:`FrameGeometry` for a scene; keeps the static BVH.
+
+    ``seconds`` accumulates the time spent moving geometry, building BVHs and
+    casting rays, for the simulator's time report.
+    """
+
+    def __init__(self, scene: Scene, threads: int = 0) -> None:
+        self.scene = scene
+        self.threads = threads  # for ray queries; 0 = all cores
+        self.seconds = 0.0
+        items = [(i, s.vertices, s.faces, None) for i, s in enumerate(scene.surfaces) if s.motion.static]
+        self._static = _layer(items)
+
+    def at(self, t: float, c2w: np.ndarray) -> "FrameGeometry":
+        """The scene at time ``t`` (s) as seen by a camera at ``c2w``."""
+        eye, forward = c2w[:3, 3], c2w[:3, 2]
+        clock = time.perf_counter()
+        reach = self.scene.render.max_range_mm
+        items = []
+        moved: dict[int, tuple[np.ndarray | None, np.ndarray]] = {}
+        for i, surf in enumerate(self.scene.surfaces):
+            if surf.motion.static:
+                continue
+            face_ids = surf.faces_within(eye, forward, reach)
+            if face_ids is None:
+                positions = surf.motion.positions(surf.vertices, t)
+                items.append((i, positions, surf.faces, None))
+                moved[i] = (None, positions)
+                continue
+            tris = surf.faces[face_ids]
+            if len(tris) == 0:
+                continue
+            used = np.unique(tris)
+            local = np.full(len(surf.vertices), -1, dtype=np.int64)
+            local[used] = np.arange(len(used))
+            positions = surf.motion.positions(surf.vertices[used], t)
+            items.append((i, positions, local[tris], face_ids))
+            moved[i] = (local, positions)
+        layers = [layer for layer in (self._static, _layer(items)) if layer is not None]
+        self.seconds += time.perf_counter() - clock
+        return FrameGeometry(layers, self, t, moved)
+
+
+class FrameGeometry:
+    """The scene frozen at one time, ready for ray queries."""
+
+    def __init__(self, layers: list[_Layer], owner: Raycaster, t: float,
+                 moved: dict[int, tuple[np.ndarray | None, np.ndarray]]) -> None:
+        self._layers = layers
+        self._owner = owner
+        self.t = t
+        self._moved = moved
+
+    def vertex_positions(self, surface: int, vertices: np.ndarray) -> np.ndarray:
+        """World positions ``(n, 3)`` of a surface's ``vertices`` (indices) at
+        this time: those already moved for the BVH, the rest computed."""
+        surf = self._owner.scene.surfaces[surface]
+        if surface not in self._moved:
+            return surf.motion.positions(surf.vertices[vertices], self.t)
+        local, positions = self._moved[surface]
+        if local is None:
+            return positions[vertices]
+        idx = local[vertices]
+        out = np.empty((len(vertices), 3), dtype=positions.dtype)
+        known = idx >= 0
+        out[known] = positions[idx[known]]
+        if not known.all():
+            out[~known] = surf.motion.positions(surf.vertices[vertices[~known]], self.t)
+        return out
+
+    def cast(self, origins: np.ndarray, directions: np.ndarray) -> Hits:
+        """Nearest hits of rays ``origins (N, 3) or (3,)`` + t ``directions (N, 3)`` (unit)."""
+        clock = time.perf_counter()
+        rays = np.empty((len(directions), 6), dtype=np.float32)
+        rays[:, :3] = origins
+        rays[:, 3:] = directions
+        best: Hits | None = None
+        for layer in self._layers:
+            hits = _cast(layer, rays, self._owner.threads)
+            if best is None:
+                best = hits
+                continue
+            closer = hits.t < best.t
+            for name in ("t", "surface", "face", "bary", "face_normal"):
+                getattr(best, name)[closer] = getattr(hits, name)[closer]
+        self._owner.seconds += time.perf_counter() - clock
+        if best is None:
+            n = len(directions)
+            return Hits(np.full(n, np.inf, np.float32), np.full(n, -1, np.int32), np.zeros(n, np.int64),
+                        np.zeros((n, 2), np.float32), np.zeros((n, 3), np.float32))
+        return best
+
+    def occluded(self, origins: np.ndarray, segments: np.ndarray, tnear: float = 0.0, tfar: float = 1.0) -> np.ndarray:
+        """``(N,)`` bool: something lies on the segment ``origins + s * segments``
+        for ``s`` in ``[tnear, tfar]`` (``segments`` are not normalised, so
+        one scalar bound serves segments of every length)."""
+        clock = time.perf_counter()
+        rays = np.empty((len(segments), 6), dtype=np.float32)
+        rays[:, :3] = origins
+        rays[:, 3:] = segments
+        out = np.zeros(len(segments), dtype=bool)
+        for layer in self._layers:
+            out |= layer.scene.test_occlusions(o3c.Tensor(rays), tnear=tnear, tfar=tfar,
+                                               nthreads=self._owner.threads).numpy().astype(bool)
+        self._owner.seconds += time.perf_counter() - clock
+        return out

@@ -1,0 +1,88 @@
+"""Scene specs by kind, and loading a scene from a name or a file.
+
+``--scene`` accepts a preset name (a TOML file shipped in ``endo3d/scenes``,
+the repository's ``scenes/`` folder), a path to a scene file (``.toml``), or
+a path to a mesh file (OBJ, PLY, STL, GLB, ...), which becomes a ``mesh``
+scene with default settings.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any, Callable
+
+from endo3d.core.config import from_dict, to_dict
+from endo3d.core.errors import InputError
+from endo3d.sim.scene import Scene
+from endo3d.sim.scenes.airway import AirwaySpec, build_airway
+from endo3d.sim.scenes.colon import ColonSpec, build_colon
+from endo3d.sim.scenes.common import BuildArgs
+from endo3d.sim.scenes.mesh import MESH_SUFFIXES, MeshSpec, build_mesh
+from endo3d.sim.scenes.tissue import TissueSpec, build_tissue
+
+KINDS: dict[str, tuple[type, Callable[[Any, BuildArgs], Scene]]] = {
+    "colon": (ColonSpec, build_colon),
+    "airway": (AirwaySpec, build_airway),
+    "tissue": (TissueSpec, build_tissue),
+    "mesh": (MeshSpec, build_mesh),
+}
+
+
+def presets_dir() -> Traversable:
+    """Where the preset scene files are: ``endo3d.scenes`` in an installed
+    wheel; ``scenes/`` beside the package in a source checkout (whose
+    ``endo3d/`` folder shadows the installed mapping when it is the cwd)."""
+    try:
+        return resources.files("endo3d.scenes")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[3] / "scenes"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in presets_dir().iterdir() if p.name.endswith(".toml"))
+
+
+def load_spec(scene: str) -> tuple[str, Any]:
+    """Resolve ``--scene`` to ``(name, spec)``; raises :class:`InputError`."""
+    path = Path(scene)
+    if path.suffix.lower() in MESH_SUFFIXES:
+        if not path.is_file():
+            raise InputError(path, "mesh file not found")
+        return path.stem, MeshSpec(mesh=str(path.resolve()))
+    if path.suffix.lower() == ".toml" or path.exists():
+        if not path.is_file():
+            raise InputError(path, "scene file not found")
+        return path.stem, spec_from_file(path)
+    preset = presets_dir() / f"{scene}.toml"
+    if not preset.is_file():
+        raise InputError(scene, f"unknown scene (presets: {', '.join(preset_names())}; or a .toml scene file or a mesh file)")
+    with resources.as_file(preset) as file:
+        return scene, spec_from_file(file)
+
+
+def spec_from_file(path: Path) -> Any:
+    """Parse a TOML scene file into the spec of its ``kind``."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(path, f"cannot read scene file ({e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(path, f"not valid TOML ({e})") from None
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise InputError(path, f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    spec_cls = KINDS[kind][0]
+    if kind == "mesh" and "mesh" in data:
+        mesh = Path(data["mesh"])
+        data["mesh"] = str(mesh if mesh.is_absolute() else (path.parent / mesh).resolve())
+    return from_dict(spec_cls, data, str(path))
+
+
+def build_scene(spec: Any, args: BuildArgs) -> Scene:
+    """Build the scene of ``spec`` and record the spec in it as plain data."""
+    scene = KINDS[spec.kind][1](spec, args)
+    scene.spec = to_dict(spec)
+    return scene
