@@ -116,8 +116,9 @@ class FourierModes:
         a_dir = _unit(rng.standard_normal((modes, 3)))
         if up is not None and vertical_bias > 0:
             a_dir = _unit((1 - vertical_bias) * a_dir + vertical_bias * np.sign(rng.standard_normal((modes, 1))) * up)
-        # Each mode's displacement has mean square a^2 / 2 * 1/2 over space and time.
-        a = a_dir * amplitude_mm * 2.0 / np.sqrt(modes)
+        # Over space cos^2 averages 1/2, over time and phase (sin(wt + p) - sin p)^2
+        # averages 1: a mode's mean square is |a|^2 / 2, so |a| = amp sqrt(2 / M).
+        a = a_dir * amplitude_mm * np.sqrt(2.0 / modes)
         omega = 2 * np.pi * frequency_hz * rng.uniform(0.9, 1.1, modes)
         return cls(k, rng.uniform(0, 2 * np.pi, modes), a, omega, rng.uniform(0, 2 * np.pi, modes))
 

@@ -97,7 +97,7 @@ class Texture:
         """Build from ``(n, n, 5)`` maps; ``n`` must be a power of two."""
         tile = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
         levels = [tile]
-        while tile.shape[0] > 4:
+        while tile.shape[0] > 1:
             tile = F.avg_pool2d(tile.permute(2, 0, 1)[None], 2)[0].permute(1, 2, 0).contiguous()
             levels.append(tile)
         return cls(levels, tile_mm)

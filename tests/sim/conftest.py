@@ -1,0 +1,31 @@
+"""Datasets generated once per test session with the simulator (small sizes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from endo3d.sim.config import SimulateConfig
+from endo3d.sim.simulate import simulate
+
+
+def make_dataset(root: Path, scene: str, **kwargs) -> Path:
+    settings = dict(frames=6, width=96, height=80, workers=1, preview=False)
+    settings.update(kwargs)
+    out = root / scene.replace("/", "_").replace(".", "_")
+    simulate(SimulateConfig(scene=scene, out=out, **settings), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def rigid_colon(tmp_path_factory) -> Path:
+    """Colon, rigid, 8 frames at 160x128, with preview."""
+    return make_dataset(tmp_path_factory.mktemp("rigid"), "colon", frames=8, width=160, height=128,
+                        deform_scale=0.0, preview=True)
+
+
+@pytest.fixture(scope="session")
+def tissue(tmp_path_factory) -> Path:
+    """Tissue with breathing and the grasper pulling, 10 frames at 128x96."""
+    return make_dataset(tmp_path_factory.mktemp("tissue"), "tissue", frames=10, width=128, height=96)
