@@ -14,8 +14,10 @@ import time
 import numpy as np
 import open3d as o3d
 import open3d.core as o3c
+import torch
 
 from endo3d.sim.scene import Scene
+from endo3d.sim.surface import ViewCone
 
 INVALID = np.iinfo(np.uint32).max
 
@@ -49,6 +51,18 @@ class _Layer:
     scene: o3d.t.geometry.RaycastingScene
     surfaces: list[int]  # geometry id -> surface index
     faces: list[np.ndarray | None]  # geometry id -> global face index per local face, or None
+    center: np.ndarray  # bounding sphere of the layer's vertices
+    radius: float
+
+    def rays_near(self, rays: np.ndarray) -> np.ndarray | None:
+        """Indices of the rays (origin, unit direction) whose line passes the
+        bounding sphere, or None when most do (then all are cast). A small
+        moving instrument is met by few of a frame's rays."""
+        to_center = self.center - rays[:, :3]
+        along = np.einsum("ij,ij->i", to_center, rays[:, 3:])
+        miss2 = np.einsum("ij,ij->i", to_center, to_center) - along * along
+        near = np.nonzero(miss2 <= self.radius * self.radius)[0]
+        return None if len(near) > 0.5 * len(rays) else near
 
 
 def _layer(items: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]) -> _Layer | None:
@@ -56,12 +70,14 @@ def _layer(items: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]) -
         return None
     scene = o3d.t.geometry.RaycastingScene()
     surfaces, faces = [], []
+    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
     for index, vertices, tris, face_ids in items:
         scene.add_triangles(o3c.Tensor(np.ascontiguousarray(vertices, dtype=np.float32)),
                             o3c.Tensor(np.ascontiguousarray(tris, dtype=np.uint32)))
         surfaces.append(index)
         faces.append(face_ids)
-    return _Layer(scene, surfaces, faces)
+        lo, hi = np.minimum(lo, vertices.min(axis=0)), np.maximum(hi, vertices.max(axis=0))
+    return _Layer(scene, surfaces, faces, (lo + hi) / 2, float(np.linalg.norm(hi - lo) / 2) + 1e-3)
 
 
 def _cast(layer: _Layer, rays: np.ndarray, threads: int) -> Hits:
@@ -90,20 +106,24 @@ class Raycaster:
         self.scene = scene
         self.threads = threads  # for ray queries; 0 = all cores
         self.seconds = 0.0
+        rays = scene.camera.rays(dtype=torch.float64).reshape(-1, 3).numpy()
+        rays = rays[np.isfinite(rays).all(axis=1)]
+        self.half_angle = float(np.arccos(np.clip(rays[:, 2], -1.0, 1.0)).max()) if len(rays) else np.pi
+        self.margin = max((float(np.linalg.norm(light.position_mm)) for light in scene.lights), default=0.0)
         items = [(i, s.vertices, s.faces, None) for i, s in enumerate(scene.surfaces) if s.motion.static]
         self._static = _layer(items)
 
     def at(self, t: float, c2w: np.ndarray) -> "FrameGeometry":
         """The scene at time ``t`` (s) as seen by a camera at ``c2w``."""
-        eye, forward = c2w[:3, 3], c2w[:3, 2]
         clock = time.perf_counter()
-        reach = self.scene.render.max_range_mm
+        view = ViewCone(c2w[:3, 3], c2w[:3, 2], self.half_angle, self.margin,
+                        self.scene.render.max_range_mm + self.margin)
         items = []
         moved: dict[int, tuple[np.ndarray | None, np.ndarray]] = {}
         for i, surf in enumerate(self.scene.surfaces):
             if surf.motion.static:
                 continue
-            face_ids = surf.faces_within(eye, forward, reach)
+            face_ids = surf.faces_within(view)
             if face_ids is None:
                 positions = surf.motion.positions(surf.vertices, t)
                 items.append((i, positions, surf.faces, None))
@@ -156,20 +176,17 @@ class FrameGeometry:
         rays = np.empty((len(directions), 6), dtype=np.float32)
         rays[:, :3] = origins
         rays[:, 3:] = directions
-        best: Hits | None = None
+        n = len(directions)
+        best = Hits(np.full(n, np.inf, np.float32), np.full(n, -1, np.int32), np.zeros(n, np.int64),
+                    np.zeros((n, 2), np.float32), np.zeros((n, 3), np.float32))
         for layer in self._layers:
-            hits = _cast(layer, rays, self._owner.threads)
-            if best is None:
-                best = hits
-                continue
-            closer = hits.t < best.t
+            near = layer.rays_near(rays)
+            hits = _cast(layer, rays if near is None else rays[near], self._owner.threads)
+            closer = hits.t < (best.t if near is None else best.t[near])
+            target = np.nonzero(closer)[0] if near is None else near[closer]
             for name in ("t", "surface", "face", "bary", "face_normal"):
-                getattr(best, name)[closer] = getattr(hits, name)[closer]
+                getattr(best, name)[target] = getattr(hits, name)[closer]
         self._owner.seconds += time.perf_counter() - clock
-        if best is None:
-            n = len(directions)
-            return Hits(np.full(n, np.inf, np.float32), np.full(n, -1, np.int32), np.zeros(n, np.int64),
-                        np.zeros((n, 2), np.float32), np.zeros((n, 3), np.float32))
         return best
 
     def occluded(self, origins: np.ndarray, segments: np.ndarray, tnear: float = 0.0, tfar: float = 1.0) -> np.ndarray:
@@ -181,8 +198,17 @@ class FrameGeometry:
         rays[:, :3] = origins
         rays[:, 3:] = segments
         out = np.zeros(len(segments), dtype=bool)
+        unit = np.empty_like(rays)
+        unit[:, :3] = rays[:, :3]
+        unit[:, 3:] = segments / np.maximum(np.linalg.norm(segments, axis=1, keepdims=True), 1e-12)
         for layer in self._layers:
-            out |= layer.scene.test_occlusions(o3c.Tensor(rays), tnear=tnear, tfar=tfar,
-                                               nthreads=self._owner.threads).numpy().astype(bool)
+            near = layer.rays_near(unit)
+            subset = rays if near is None else rays[near]
+            blocked = layer.scene.test_occlusions(o3c.Tensor(subset), tnear=tnear, tfar=tfar,
+                                                  nthreads=self._owner.threads).numpy().astype(bool)
+            if near is None:
+                out |= blocked
+            else:
+                out[near[blocked]] = True
         self._owner.seconds += time.perf_counter() - clock
         return out

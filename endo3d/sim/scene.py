@@ -60,7 +60,7 @@ class SensorSpec:
 
     auto_exposure: bool = True
     """Meter each frame and follow like an endoscope's AE loop; else fixed ``exposure``."""
-    target_level: float = 0.16
+    target_level: float = 0.18
     """Mean linear signal (0..1) that auto-exposure aims for."""
     exposure: float = 1.0
     """Fixed exposure (radiance multiplier) without auto-exposure."""

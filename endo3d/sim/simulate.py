@@ -199,9 +199,13 @@ def _material_u8(material: np.ndarray) -> np.ndarray:
     return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def preview_frame(out: FrameOutput, max_width: int = 1280) -> np.ndarray:
-    """A 2x2 picture of one frame: RGB, depth | normals, flow (mask without flow)."""
-    last = viz.flow_to_rgb(out.flow, out.flow_valid) if out.flow is not None else viz.mask_to_rgb(out.mask)
-    grid = viz.tile([out.rgb, viz.depth_to_rgb(out.depth), viz.normals_to_rgb(out.normal), last], columns=2)
-    step = math.ceil(grid.shape[1] / max_width)
-    return grid[::step, ::step]
+def preview_frame(out: FrameOutput) -> np.ndarray:
+    """A 2x2 picture of one frame at the frame's size: RGB, depth | normals,
+    flow (mask without flow), each at half resolution."""
+    def half(image: np.ndarray) -> np.ndarray:
+        return image[::2, ::2]
+
+    flow = out.flow[::2, ::2] if out.flow is not None else None
+    last = viz.flow_to_rgb(flow, out.flow_valid[::2, ::2]) if flow is not None else viz.mask_to_rgb(half(out.mask))
+    return viz.tile([half(out.rgb), viz.depth_to_rgb(half(out.depth)), viz.normals_to_rgb(half(out.normal)), last],
+                    columns=2)

@@ -36,7 +36,7 @@ def srgb_to_linear(c: np.ndarray | tuple[float, ...]) -> np.ndarray:
 class PaletteSpec:
     """How a tissue looks. Colours are sRGB in [0, 1]; lengths in mm."""
 
-    base_srgb: tuple[float, float, float] = (0.85, 0.50, 0.42)
+    base_srgb: tuple[float, float, float] = (0.86, 0.53, 0.46)
     """Mucosa base colour."""
     mottling: float = 0.12
     """Strength of low-frequency colour variation (log-albedo std)."""
@@ -190,7 +190,7 @@ def make_texture(palette: PaletteSpec, rng: np.random.Generator) -> Texture:
     mottle = field(1.0, 24.0)[..., None] * palette.mottling * np.array([0.6, 1.0, 1.2])
     albedo = base * np.exp(mottle + 0.04 * field(0.15, 1.0)[..., None])
     if palette.patch_fraction > 0:
-        patch = _coverage_mask(field(6.0, 40.0, 1.5), palette.patch_fraction, softness=0.7)
+        patch = _coverage_mask(field(6.0, 40.0, 1.5), palette.patch_fraction, softness=1.0)
         patch_color = srgb_to_linear(palette.patch_srgb) * np.exp(0.08 * field(1.0, 8.0))[..., None]
         albedo = albedo + (patch_color - albedo) * patch[..., None]
     for density, width, color, strength, blur in (

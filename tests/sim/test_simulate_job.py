@@ -82,7 +82,7 @@ def test_dataset_contents(rigid_colon: Path):
     albedo = read_png(rigid_colon / meta["frames"][0]["albedo"])
     assert albedo.dtype == np.uint8 and albedo.shape == (128, 160, 3)
     info = probe_video(rigid_colon / "preview.mp4")
-    assert info.num_frames == 8 and info.width == 320 and info.height == 256
+    assert info.num_frames == 8 and info.width == 160 and info.height == 128
     # the round aperture of the colonoscope: corners invalid, the rest all tissue
     mask = ds.frame(0).mask[0]
     assert mask[0, 0] == 255 and (mask[40:90, 50:110] == 0).all()

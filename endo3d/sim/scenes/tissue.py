@@ -54,7 +54,7 @@ class TissueSpec(CommonSpec):
     camera: CameraSpec = CameraSpec(hfov_deg=70.0)
     lights: tuple[LightSpec, ...] = (LightSpec(intensity=(9000.0, 8700.0, 8100.0), falloff=1.0),)
     palette: PaletteSpec = PaletteSpec(
-        base_srgb=(0.52, 0.20, 0.15), mottling=0.15, patch_srgb=(0.86, 0.70, 0.46), patch_fraction=0.15,
+        base_srgb=(0.55, 0.22, 0.17), mottling=0.15, patch_srgb=(0.80, 0.64, 0.44), patch_fraction=0.12,
         vessel_srgb=(0.42, 0.08, 0.08), vessel_density=0.25, vessel_width_mm=0.5, deep_vessel_density=0.08,
         roughness=0.4, wet_fraction=0.6, tile_mm=64.0)
     deform: DeformSpec = DeformSpec(breathing_mm=2.0, cardiac_mm=0.25, wavelength_mm=150.0, vertical_bias=0.85)
