@@ -526,7 +526,8 @@ def write_frame_files(
         if image.shape[:2] != hw:
             raise ValueError(f"{key} is {image.shape[1]}x{image.shape[0]}, rgb is {hw[1]}x{hw[0]}")
         (root / key).mkdir(exist_ok=True)
-        write_png(root / key / name, image)
+        noisy = key in ("rgb", "normal") or image.dtype == np.uint8
+        write_png(root / key / name, image, strategy="rle" if noisy else "default")
         out[key] = f"{key}/{name}"
     return out
 

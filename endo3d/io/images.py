@@ -48,8 +48,12 @@ _GAMMA_LINEAR = 100000  # gAMA chunk value of gamma 1.0
 #   16-bit depth          2.3 ms  64 KiB     5.4 ms 112 KiB   19 ms  60 KiB
 #   16-bit normals       13.4 ms 406 KiB    18.1 ms 476 KiB   33 ms 383 KiB
 #   16-bit KITTI flow     3.2 ms  68 KiB    10.1 ms 139 KiB   24 ms  43 KiB
-# i.e. 2-8x faster than libpng's default at 1.0-1.6x its size.
+# i.e. 2-8x faster than libpng's default at 1.0-1.6x its size. zlib's
+# run-length strategy (``strategy="rle"``) halves the time again for noisy
+# data (16-bit normals 11.9 -> 5.8 ms at the same size; RGB 3.7 -> 3.0 ms and
+# smaller) but loses on smooth data (depth, flow: 40 % larger).
 ZLIB_LEVEL = 1
+_STRATEGIES = {"default": zlib.Z_DEFAULT_STRATEGY, "rle": zlib.Z_RLE}
 _FILTER_UP = 2
 
 
@@ -233,7 +237,7 @@ def read_png(path: PathLike) -> np.ndarray:
     return array[..., 0] if array.shape[2] == 1 else array
 
 
-def write_png(path: PathLike, array: Any, *, level: int = ZLIB_LEVEL) -> None:
+def write_png(path: PathLike, array: Any, *, level: int = ZLIB_LEVEL, strategy: str = "default") -> None:
     """Write a uint8 or uint16 image as PNG (the parent folder must exist).
 
     Args:
@@ -241,6 +245,8 @@ def write_png(path: PathLike, array: Any, *, level: int = ZLIB_LEVEL) -> None:
         array: uint8 ``(H, W)`` or ``(H, W, C)`` with C in 1, 2, 3, 4; or uint16
             ``(H, W)`` or ``(H, W, C)`` with C in 1, 3. Numpy or a CPU tensor.
         level: zlib compression level, 0 (none) to 9 (smallest, slowest).
+        strategy: zlib strategy, ``"default"`` or ``"rle"`` (faster on noisy
+            images, see the measurements above).
 
     Raises:
         ValueError: unsupported dtype, shape or file name.
@@ -258,13 +264,15 @@ def write_png(path: PathLike, array: Any, *, level: int = ZLIB_LEVEL) -> None:
     if a.ndim != 3 or a.shape[2] not in allowed or a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"{path}: cannot write {a.dtype} array of shape {a.shape} as PNG "
                          f"(channels allowed: {allowed})")
+    if strategy not in _STRATEGIES:
+        raise ValueError(f"strategy must be one of {sorted(_STRATEGIES)}, got {strategy!r}")
     try:
-        path.write_bytes(_encode_png(a, level))
+        path.write_bytes(_encode_png(a, level, _STRATEGIES[strategy]))
     except OSError as e:
         raise Endo3dError(f"{path}: could not write PNG ({e.strerror or e})") from None
 
 
-def _encode_png(a: np.ndarray, level: int) -> bytes:
+def _encode_png(a: np.ndarray, level: int, strategy: int) -> bytes:
     """PNG bytes of ``(H, W, C)`` uint8/uint16 data: IHDR, one IDAT, IEND.
 
     Every row uses filter type 2 ("Up": each byte minus the byte above),
@@ -283,8 +291,9 @@ def _encode_png(a: np.ndarray, level: int) -> bytes:
     def chunk(tag: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload))
 
-    return _PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) \
-        + chunk(b"IEND", b"")
+    packer = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
+    data = packer.compress(rows.tobytes()) + packer.flush()
+    return _PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
 def encode_depth(depth_mm: Any, scale_mm: float) -> np.ndarray:

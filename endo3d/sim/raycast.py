@@ -17,7 +17,7 @@ import open3d.core as o3c
 import torch
 
 from endo3d.sim.scene import Scene
-from endo3d.sim.surface import ViewCone
+from endo3d.sim.surface import BLOCK_FACES, ViewCone
 
 INVALID = np.iinfo(np.uint32).max
 
@@ -123,24 +123,42 @@ class Raycaster:
         for i, surf in enumerate(self.scene.surfaces):
             if surf.motion.static:
                 continue
-            face_ids = surf.faces_within(view)
-            if face_ids is None:
-                positions = surf.motion.positions(surf.vertices, t)
-                items.append((i, positions, surf.faces, None))
-                moved[i] = (None, positions)
-                continue
-            tris = surf.faces[face_ids]
+            coarse = surf.faces_within(view)  # rest blocks widened by the deformation bound
+            if coarse is None:
+                local, positions = None, surf.motion.positions(surf.vertices, t)
+                face_ids = np.arange(len(surf.faces))
+                tris = surf.faces
+            else:
+                used = np.unique(surf.faces[coarse])
+                local = np.full(len(surf.vertices), -1, dtype=np.int64)
+                local[used] = np.arange(len(used))
+                positions = surf.motion.positions(surf.vertices[used], t)
+                face_ids = coarse
+                tris = local[surf.faces[coarse]]
+            if surf.is_tissue:  # fine: blocks whose moved triangles meet the view
+                keep = _visible_faces(view, face_ids, positions[tris])
+                face_ids, tris = face_ids[keep], tris[keep]
             if len(tris) == 0:
                 continue
-            used = np.unique(tris)
-            local = np.full(len(surf.vertices), -1, dtype=np.int64)
-            local[used] = np.arange(len(used))
-            positions = surf.motion.positions(surf.vertices[used], t)
-            items.append((i, positions, local[tris], face_ids))
+            items.append((i, positions, tris, None if len(face_ids) == len(surf.faces) else face_ids))
             moved[i] = (local, positions)
         layers = [layer for layer in (self._static, _layer(items)) if layer is not None]
         self.seconds += time.perf_counter() - clock
         return FrameGeometry(layers, self, t, moved)
+
+
+def _visible_faces(view: ViewCone, face_ids: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """Bool mask over ``face_ids`` (ascending, grouped in blocks of
+    ``BLOCK_FACES``): faces of blocks whose moved triangles ``corners``
+    ``(F, 3, 3)`` have a bounding sphere meeting ``view``."""
+    if len(face_ids) == 0:
+        return np.zeros(0, dtype=bool)
+    block = face_ids // BLOCK_FACES
+    starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
+    lo = np.minimum.reduceat(corners.min(axis=1), starts)
+    hi = np.maximum.reduceat(corners.max(axis=1), starts)
+    keep = view.meets((lo + hi) / 2, np.linalg.norm(hi - lo, axis=1) / 2)
+    return np.repeat(keep, np.diff(np.r_[starts, len(face_ids)]))
 
 
 class FrameGeometry:

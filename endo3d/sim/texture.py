@@ -146,13 +146,16 @@ class Texture:
 
         Projects ``points_mm`` ``(N, 3)`` onto the three axis planes and
         blends the lookups with weights ``|n_i|^4 / sum_j |n_j|^4`` from the
-        surface ``normals`` ``(N, 3)``.
+        surface ``normals`` ``(N, 3)``; weights below 0.02 are dropped (and
+        the rest renormalised), so most points need one or two lookups.
         """
         w = normals.abs() ** 4
         w = w / w.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        w = torch.where(w < 0.02, 0.0, w)
+        w = w / w.sum(dim=1, keepdim=True)
         out = torch.zeros((points_mm.shape[0], CHANNELS), dtype=torch.float32)
         for axis, (a, b) in enumerate(((1, 2), (2, 0), (0, 1))):
-            idx = torch.nonzero(w[:, axis] > 1e-3).squeeze(1)
+            idx = torch.nonzero(w[:, axis] > 0).squeeze(1)
             uv = points_mm[idx][:, [a, b]]
             out[idx] += w[idx, axis, None] * self.sample(uv, footprint_mm[idx])
         return out

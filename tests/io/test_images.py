@@ -57,10 +57,10 @@ def test_png_round_trip_is_exact(tmp_path, dtype, channels):
     assert (info.width, info.height, info.dtype, info.channels) == (W, H, dtype, channels)
 
 
-@pytest.mark.parametrize("level", [0, 9])
-def test_png_level_does_not_change_values(tmp_path, level):
-    a = np.arange(H * W, dtype=np.uint16).reshape(H, W)
-    write_png(tmp_path / "x.png", a, level=level)
+@pytest.mark.parametrize("level, strategy", [(0, "default"), (9, "default"), (1, "rle")])
+def test_png_compression_does_not_change_values(tmp_path, level, strategy):
+    a = np.arange(H * W * 3, dtype=np.uint16).reshape(H, W, 3) * 7
+    write_png(tmp_path / "x.png", a, level=level, strategy=strategy)
     np.testing.assert_array_equal(read_png(tmp_path / "x.png"), a)
 
 

@@ -48,7 +48,7 @@ class AirwaySpec(CommonSpec):
     ring_pitch_mm: float = 4.0
     ring_depth_mm: float = 0.2
     smoothing_mm: float = 2.0
-    voxel_mm: float = 0.5
+    voxel_mm: float = 0.6
     speed_mm_s: float = 5.0
     start_mm: float = 15.0
     lateral: float = 0.25

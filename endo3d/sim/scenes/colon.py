@@ -46,8 +46,9 @@ class ColonSpec(CommonSpec):
     fold_width_mm: float = 2.6
     teniae: float = 0.07
     relief_mm: float = 0.15
-    edge_mm: float = 0.8
-    """Target mesh edge length."""
+    edge_mm: float = 1.0
+    """Target mesh edge length (a deforming mesh's BVH is rebuilt every frame:
+    its cost grows with the triangles in view)."""
     speed_mm_s: float = 8.0
     start_mm: float = 30.0
     """Arc length where the camera starts."""

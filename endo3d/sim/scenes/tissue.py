@@ -36,9 +36,10 @@ class TissueSpec(CommonSpec):
     kind: Literal["tissue"] = "tissue"
     half_extent_mm: float = 150.0
     """The tissue spans [-half, half]^2 around the view centre."""
-    edge_mm: float = 0.6
-    """Mesh edge length under the camera (coarser towards the rim)."""
-    vertices_per_side: int = 241
+    edge_mm: float = 0.9
+    """Mesh edge length under the camera (coarser towards the rim); finer
+    detail is in the texture and the interpolated normals."""
+    vertices_per_side: int = 181
     lobes: int = 4
     lobe_height_mm: float = 12.0
     lobe_width_mm: float = 35.0
