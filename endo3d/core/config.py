@@ -28,14 +28,20 @@ def to_dict(config: Any) -> Any:
     return config
 
 
-def from_dict(cls: type[T], data: dict[str, Any], source: str, where: str = "") -> T:
+def from_dict(cls: type[T], data: dict[str, Any], source: str, where: str = "", base: T | None = None) -> T:
     """Build dataclass ``cls`` from ``data``; missing keys keep their defaults.
+
+    A nested table overrides only the keys it gives, on top of the field's
+    default (so ``[camera] model = "fisheye"`` in a colon scene keeps the
+    colon camera's field of view); a list (e.g. of lights) replaces the
+    default list.
 
     Args:
         cls: a dataclass type whose fields have type hints.
         data: nested plain data.
         source: the file the data came from (used in error messages).
         where: dotted location inside the file, for error messages.
+        base: values to start from instead of ``cls``'s defaults.
 
     Raises:
         InputError: unknown key, wrong type, or a value outside a ``Literal``.
@@ -43,12 +49,27 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str, where: str = "") 
     if not isinstance(data, dict):
         raise InputError(source, f"{where or 'top level'} must be a table, got {type(data).__name__}")
     hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise InputError(source, f"unknown key {_join(where, unknown[0])!r} (known: {', '.join(sorted(names))})")
-    kwargs = {key: _convert(hints[key], value, source, _join(where, key)) for key, value in data.items()}
-    return cls(**kwargs)
+        raise InputError(source, f"unknown key {_join(where, unknown[0])!r} (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            start = getattr(base, key) if base is not None else _default(fields[key])
+            kwargs[key] = from_dict(hint, value, source, _join(where, key), start)
+        else:
+            kwargs[key] = _convert(hint, value, source, _join(where, key))
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _join(where: str, key: str) -> str:

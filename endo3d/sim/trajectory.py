@@ -89,8 +89,25 @@ def _signals(rng: np.random.Generator, count: int, min_period: float, max_period
 
 
 @dataclass(frozen=True)
+class TubePathSpec:
+    """How an endoscope moves along a lumen (scene-file table ``[path]``)."""
+
+    speed_mm_s: float = 8.0
+    start_mm: float = 30.0
+    """Arc length where the camera starts."""
+    lateral: float = 0.3
+    """Largest camera offset from the centreline, as a fraction of the radius."""
+    lookahead_mm: float = 40.0
+    """The camera looks at the centreline this far ahead."""
+    angular_deg: float = 6.0
+    """Yaw/pitch jitter."""
+    roll_deg: float = 20.0
+    """Slow roll drift."""
+
+
+@dataclass(frozen=True)
 class TubeFollower:
-    """An endoscope moving along a lumen's centreline.
+    """An endoscope moving along a lumen's centreline (settings: :class:`TubePathSpec`).
 
     Arc length ``s(t) = s_start + speed t + 2 g(t)`` mm (g: smooth unit-RMS
     signal, periods 1-4 s: operator hesitation), folded back and forth
@@ -105,22 +122,17 @@ class TubeFollower:
     radius: np.ndarray  # (M,) lumen radius at the curve samples
     s_start: float
     s_end: float
-    speed_mm_s: float
-    lateral: float
-    lookahead_mm: float
-    angular_deg: float
-    roll_deg: float
+    spec: TubePathSpec
     signals: tuple[SmoothSignal, ...]
 
     @classmethod
-    def create(cls, curve: Curve, radius: np.ndarray, rng: np.random.Generator, *, s_start: float,
-               s_end: float, speed_mm_s: float, lateral: float, lookahead_mm: float,
-               angular_deg: float, roll_deg: float) -> "TubeFollower":
+    def create(cls, curve: Curve, radius: np.ndarray, rng: np.random.Generator, spec: TubePathSpec,
+               s_end: float) -> "TubeFollower":
         signals = _signals(rng, 1, 1.0, 4.0) + _signals(rng, 2, 1.5, 6.0) + _signals(rng, 3, 2.0, 8.0)
-        return cls(curve, radius, s_start, s_end, speed_mm_s, lateral, lookahead_mm, angular_deg, roll_deg, signals)
+        return cls(curve, radius, min(spec.start_mm, s_end), s_end, spec, signals)
 
     def arc_length(self, t: float) -> float:
-        travel = self.speed_mm_s * t + 2.0 * float(self.signals[0](t) - self.signals[0](0.0))
+        travel = self.spec.speed_mm_s * t + 2.0 * float(self.signals[0](t) - self.signals[0](0.0))
         span = max(self.s_end - self.s_start, 1e-6)
         u = np.mod(travel, 2 * span)
         return self.s_start + (u if u <= span else 2 * span - u)
@@ -129,14 +141,14 @@ class TubeFollower:
         c = self.curve
         s = self.arc_length(t)
         r = float(c.sample(s, self.radius))
-        lat = self.lateral * r * np.tanh(np.array([self.signals[1](t), self.signals[2](t)]) / 1.5)
+        lat = self.spec.lateral * r * np.tanh(np.array([self.signals[1](t), self.signals[2](t)]) / 1.5)
         eye = c.point(s) + lat[0] * c.sample(s, c.normals) + lat[1] * c.sample(s, c.binormals)
-        target = c.point(min(s + self.lookahead_mm, c.length))
+        target = c.point(min(s + self.spec.lookahead_mm, c.length))
         if np.linalg.norm(target - eye) < 1e-3:
             target = eye + c.sample(s, c.tangents)
         pose = look_at_np(eye, target, -c.sample(s, c.normals))
-        jitter = np.radians([self.angular_deg * self.signals[3](t), self.angular_deg * self.signals[4](t),
-                             self.roll_deg * self.signals[5](t)])
+        angular, roll = self.spec.angular_deg, self.spec.roll_deg
+        jitter = np.radians([angular * self.signals[3](t), angular * self.signals[4](t), roll * self.signals[5](t)])
         pose[:3, :3] = pose[:3, :3] @ rotation_xyz(*jitter)
         return pose
 

@@ -35,12 +35,15 @@ class Outer:
     pair: tuple[float, float] = (0.0, 1.0)
     inner: Inner = Inner()
     items: tuple[Inner, ...] = field(default=())
+    tuned: Inner = Inner(size=5.0, mode="b")
 
 
 def test_config_round_trip_and_errors():
     config = from_dict(Outer, {"count": 3, "pair": [1, 2], "inner": {"mode": "b"}, "items": [{"size": 2}]}, "f.toml")
     assert config == Outer(count=3, pair=(1.0, 2.0), inner=Inner(mode="b"), items=(Inner(size=2.0),))
     assert from_dict(Outer, to_dict(config), "f.toml") == config
+    # a nested table overrides only what it gives, on top of the field's default
+    assert from_dict(Outer, {"tuned": {"size": 7.0}}, "f.toml").tuned == Inner(size=7.0, mode="b")
     for data, message in [({"cont": 1}, "unknown key 'cont'"), ({"count": 1.5}, "count must be an integer"),
                           ({"inner": {"mode": "c"}}, "inner.mode = 'c'"), ({"pair": [1]}, "pair needs 2 values"),
                           ({"count": True}, "count must be an integer")]:

@@ -25,7 +25,7 @@ from endo3d.sim.scenes.common import BuildArgs, CommonSpec, stream
 from endo3d.sim.surface import Surface, TexturedMaterial
 from endo3d.sim.surfacenets import sdf_gradient, surface_nets
 from endo3d.sim.texture import PaletteSpec, make_texture
-from endo3d.sim.trajectory import Curve, TubeFollower
+from endo3d.sim.trajectory import Curve, TubeFollower, TubePathSpec
 
 POSTERIOR = np.array([0.0, -1.0, 0.0])
 
@@ -49,12 +49,8 @@ class AirwaySpec(CommonSpec):
     ring_depth_mm: float = 0.2
     smoothing_mm: float = 2.0
     voxel_mm: float = 0.6
-    speed_mm_s: float = 5.0
-    start_mm: float = 15.0
-    lateral: float = 0.25
-    lookahead_mm: float = 20.0
-    angular_deg: float = 4.0
-    roll_deg: float = 15.0
+    path: TubePathSpec = TubePathSpec(speed_mm_s=5.0, start_mm=15.0, lateral=0.25, lookahead_mm=20.0,
+                                      angular_deg=4.0, roll_deg=15.0)
     camera: CameraSpec = CameraSpec(hfov_deg=90.0, fov_mask_radius=0.92)
     lights: tuple[LightSpec, ...] = (
         LightSpec(position_mm=(-1.3, 0.0, 0.0), intensity=(120.0, 116.0, 108.0), falloff=1.0),
@@ -140,10 +136,8 @@ def build_airway(spec: AirwaySpec, args: BuildArgs) -> Scene:
 
     curve = _path(branches, rng)
     clearance = -sdf(curve.points)
-    s_end = curve.length - max(spec.lookahead_mm * 0.5, 5.0)
-    path = TubeFollower.create(curve, clearance, stream(args.seed, "path"), s_start=min(spec.start_mm, s_end),
-                               s_end=s_end, speed_mm_s=spec.speed_mm_s, lateral=spec.lateral,
-                               lookahead_mm=spec.lookahead_mm, angular_deg=spec.angular_deg, roll_deg=spec.roll_deg)
+    s_end = curve.length - max(spec.path.lookahead_mm * 0.5, 5.0)
+    path = TubeFollower.create(curve, clearance, stream(args.seed, "path"), spec.path, s_end)
     camera = spec.camera.camera(args.width, args.height)
     return Scene("airway", [airway], camera, spec.camera.fov_mask(camera), path, spec.lights, spec.sensor,
                  spec.render, args.fps, args.num_frames, args.seed)

@@ -30,7 +30,7 @@ from endo3d.sim.scene import CameraSpec, DeformSpec, LightSpec, RenderSpec, Scen
 from endo3d.sim.scenes.common import BuildArgs, CommonSpec, Relief, grid_faces, stream
 from endo3d.sim.surface import Surface, TexturedMaterial, vertex_normals
 from endo3d.sim.texture import PaletteSpec, make_texture
-from endo3d.sim.trajectory import Curve, TubeFollower
+from endo3d.sim.trajectory import Curve, TubeFollower, TubePathSpec
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,7 @@ class ColonSpec(CommonSpec):
     edge_mm: float = 1.0
     """Target mesh edge length (a deforming mesh's BVH is rebuilt every frame:
     its cost grows with the triangles in view)."""
-    speed_mm_s: float = 8.0
-    start_mm: float = 30.0
-    """Arc length where the camera starts."""
-    lateral: float = 0.3
-    """Largest camera offset from the centreline, as a fraction of the radius."""
-    lookahead_mm: float = 40.0
-    angular_deg: float = 6.0
-    roll_deg: float = 20.0
+    path: TubePathSpec = TubePathSpec()
     camera: CameraSpec = CameraSpec(hfov_deg=100.0, fov_mask_radius=0.95)
     lights: tuple[LightSpec, ...] = (
         LightSpec(position_mm=(-3.5, 0.0, 0.0), intensity=(900.0, 870.0, 800.0), falloff=1.5),
@@ -70,7 +63,7 @@ class ColonSpec(CommonSpec):
 def build_colon(spec: ColonSpec, args: BuildArgs) -> Scene:
     rng = stream(args.seed, "geometry")
     far = spec.render.max_range_mm
-    s_end = spec.start_mm + spec.speed_mm_s * args.duration_s + 10.0
+    s_end = spec.path.start_mm + spec.path.speed_mm_s * args.duration_s + 10.0
     length = s_end + far + 10.0
     curve = _centreline(rng, length, spec.bend_radius_mm, spec.edge_mm)
     s = curve.s
@@ -118,9 +111,7 @@ def build_colon(spec: ColonSpec, args: BuildArgs) -> Scene:
     texture = make_texture(spec.palette, stream(args.seed, "texture"))
     colon = Surface("colon", vertices, faces, label=0, material=TexturedMaterial(texture, "uv"), motion=motion,
                     uv=uv, normals=normals, max_displacement_mm=abs(args.deform_scale) * max_displacement(deform_fields))
-    path = TubeFollower.create(curve, radius, stream(args.seed, "path"), s_start=spec.start_mm, s_end=s_end,
-                               speed_mm_s=spec.speed_mm_s, lateral=spec.lateral, lookahead_mm=spec.lookahead_mm,
-                               angular_deg=spec.angular_deg, roll_deg=spec.roll_deg)
+    path = TubeFollower.create(curve, radius, stream(args.seed, "path"), spec.path, s_end)
     camera = spec.camera.camera(args.width, args.height)
     return Scene("colon", [colon], camera, spec.camera.fov_mask(camera), path, spec.lights, spec.sensor,
                  spec.render, args.fps, args.num_frames, args.seed)
