@@ -17,6 +17,12 @@ from endo3d.core.errors import InputError
 T = TypeVar("T")
 
 
+def positive(config: Any, *names: str, prefix: str = "") -> list[str]:
+    """Phrases for the named settings of ``config`` that are not > 0 (for ``problems()`` methods)."""
+    return [f"{prefix}{name} must be > 0, got {getattr(config, name)}" for name in names
+            if not getattr(config, name) > 0]
+
+
 def to_dict(config: Any) -> Any:
     """A dataclass (nested) as plain JSON/TOML-able data; tuples become lists."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):

@@ -45,16 +45,24 @@ def atomic_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> 
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; give the usual folder permissions
     try:
         yield tmp
+        _publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``, replacing an existing ``final`` only once
+    the new one is in place; on failure the previous ``final`` is restored."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent)) / final.name
+    os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old, final)
+        shutil.rmtree(old.parent, ignore_errors=True)
+        raise
+    shutil.rmtree(old.parent, ignore_errors=True)

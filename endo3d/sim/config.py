@@ -4,6 +4,7 @@ command line's ``--help`` stays fast)."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +48,10 @@ class SimulateConfig:
                 raise InputError(f"--{name}", f"must be positive, got {getattr(self, name)}")
         if self.width < 8 or self.height < 8:
             raise InputError("--width/--height", f"image {self.width}x{self.height} is smaller than 8x8")
-        if not (self.fps > 0 and math.isfinite(self.fps)):
-            raise InputError("--fps", f"must be positive, got {self.fps}")
+        if not 0 <= self.seed < 2**63:
+            raise InputError("--seed", f"must be in [0, 2^63), got {self.seed}")
+        if not 0.1 <= self.fps <= 10000:
+            raise InputError("--fps", f"must be positive and at most 10000 (at least 0.1), got {self.fps}")
         if not math.isfinite(self.deform_scale):
             raise InputError("--deform-scale", f"must be finite, got {self.deform_scale}")
         if self.workers < 0:
@@ -57,3 +60,8 @@ class SimulateConfig:
             raise InputError(self.out, "already exists (pass --overwrite to replace it)")
         if self.out.exists() and not self.out.is_dir():
             raise InputError(self.out, "exists and is not a folder")
+        ancestor = self.out.absolute().parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise InputError(self.out, f"cannot be created: {ancestor} is not a writable folder")

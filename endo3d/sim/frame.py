@@ -89,11 +89,15 @@ class FrameRenderer:
         self.scene = scene
         self.camera = camera or scene.camera
         mask = scene.fov_mask if camera is None else fov_mask
-        self.fov_mask = mask
         rays = self.camera.rays(dtype=torch.float64).reshape(-1, 3).numpy()
-        inside = np.isfinite(rays).all(axis=1)  # distortion can leave corner pixels without a ray
+        # Pixels with a ray: inside the aperture, reached by the distortion
+        # model (strong distortion leaves corners without a ray), and looking
+        # forward (a fisheye ray beyond 90 degrees has no positive z-depth).
+        inside = np.isfinite(rays).all(axis=1)
+        inside[inside] = rays[inside, 2] > 1e-6
         if mask is not None:
             inside &= mask.reshape(-1)
+        self.ray_mask = inside.reshape(self.camera.height, self.camera.width)
         self.ray_pixels = np.nonzero(inside)[0]
         self.rays_cam = rays[self.ray_pixels]
         self.raycaster = Raycaster(scene, cast_threads)
@@ -110,7 +114,8 @@ class FrameRenderer:
         R, C = c2w[:3, :3], c2w[:3, 3]
         dirs = self.rays_cam @ R.T
         hits = geom.cast(C, dirs)
-        keep = hits.hit & (hits.t <= scene.render.max_range_mm)
+        max_depth = 65535 * scene.render.depth_scale_mm  # what the depth PNG can store
+        keep = hits.hit & (hits.t <= scene.render.max_range_mm) & (hits.t * self.rays_cam[:, 2] <= max_depth)
         order = np.nonzero(keep)[0]
         n = len(order)
         surface = hits.surface[order]
@@ -132,7 +137,7 @@ class FrameRenderer:
             rest = values[:, 0:3]
             n_rest = _unit(values[:, 3:6])
             normal = n_rest if surf.motion.static else transform_normals(surf.motion.gradient(rest, t), n_rest)
-            normal = normal.astype(np.float64) * flip[sel]
+            normal = _facing(normal.astype(np.float64) * flip[sel], d[sel])
             normals[sel] = normal
             cos = np.abs(np.sum(normal * d[sel], axis=1))
             footprint = hits.t[order][sel] / focal / np.maximum(cos, 0.2)
@@ -176,8 +181,7 @@ class FrameRenderer:
             gamma=sensor.gamma if sensor.gamma == "srgb" else float(sensor.gamma))
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence([scene.seed, index]).generate_state(1)[0]))
         rgb = to_uint8(apply_response(image, response, cam.K_tensor(), generator=generator))[0]
-        if self.fov_mask is not None:
-            rgb[~self.fov_mask] = 0
+        rgb[~self.ray_mask] = 0
         cast_shading = self.raycaster.seconds - cast_before
         t_shading = time.perf_counter() - clock - cast_shading
 
@@ -228,10 +232,10 @@ class FrameRenderer:
         px = gb.pixels
         u0, v0 = (px % W).astype(np.float64), (px // W).astype(np.float64)
         ok &= (uv1[:, 0] >= -0.5) & (uv1[:, 0] < W - 0.5) & (uv1[:, 1] >= -0.5) & (uv1[:, 1] < H - 0.5)
-        if self.fov_mask is not None:
-            iu = np.clip(np.rint(uv1[:, 0]), 0, W - 1).astype(np.int64)
-            iv = np.clip(np.rint(uv1[:, 1]), 0, H - 1).astype(np.int64)
-            ok &= self.fov_mask[iv, iu]
+        iu = np.clip(np.rint(uv1[:, 0]), 0, W - 1).astype(np.int64)
+        iv = np.clip(np.rint(uv1[:, 1]), 0, H - 1).astype(np.int64)
+        ok &= self.ray_mask[iv, iu]  # lands on a pixel that has labels in frame i + 1
+        ok &= np.linalg.norm(moved - C1, axis=1) <= scene.render.max_range_mm
         sel = np.nonzero(ok)[0]
         blocked = geom_next.occluded(np.broadcast_to(C1, (len(sel), 3)), moved[sel] - C1,
                                      tnear=0.0, tfar=1.0 - FLOW_VISIBILITY_TOLERANCE)
@@ -247,6 +251,20 @@ class FrameRenderer:
 def _interp(table: np.ndarray, faces: np.ndarray, bary: np.ndarray) -> np.ndarray:
     """Barycentric interpolation ``(n, k)`` of per-vertex rows ``table`` (V, k) over ``faces`` (n, 3)."""
     return np.einsum("nvk,nv->nk", table[faces], bary.astype(table.dtype))
+
+
+def _facing(normals: np.ndarray, rays: np.ndarray, slack: float = 1e-3) -> np.ndarray:
+    """Normals turned to face the camera (``n . d < 0`` for ray direction
+    ``d``): an interpolated normal near a silhouette can point slightly away
+    although its triangle faces the camera; it is tilted into the plane
+    perpendicular to the ray, just on the camera's side."""
+    cos = np.sum(normals * rays, axis=1)
+    away = cos > -slack
+    if away.any():
+        normals = normals.copy()
+        normals[away] -= (cos[away] + slack)[:, None] * rays[away]
+        normals[away] /= np.linalg.norm(normals[away], axis=1, keepdims=True)
+    return normals
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from endo3d.core.config import positive
 from endo3d.sim.noise import smoothstep
 from endo3d.sim.trajectory import look_at_np
 
@@ -47,6 +48,9 @@ class InstrumentSpec:
     """Extent of the tissue dragged along."""
     shaft_srgb: tuple[float, float, float] = (0.06, 0.06, 0.07)
     metal_srgb: tuple[float, float, float] = (0.75, 0.75, 0.76)
+
+    def problems(self) -> list[str]:
+        return positive(self, "shaft_radius_mm", "jaw_length_mm", "cycle_s", "pull_sigma_mm", prefix="instrument.")
 
 
 @dataclass(frozen=True)
@@ -112,10 +116,12 @@ class InstrumentPart:
         pose = self.script.pose(t)
         if self.part == "body":
             return pose
+        # Rotation about the hinge (x) axis that moves the jaw tip (+z) towards
+        # +y for the upper jaw and -y for the lower: y' = c y + s z, z' = -s y + c z.
         half = 0.5 * self.script.opening(t) * (1.0 if self.part == "upper" else -1.0)
         c, s = np.cos(half), np.sin(half)
         hinge = np.eye(4)
-        hinge[1:3, 1:3] = [[c, -s], [s, c]]
+        hinge[1:3, 1:3] = [[c, s], [-s, c]]
         return pose @ hinge
 
 

@@ -57,10 +57,10 @@ def periodic_blur(image: np.ndarray, sigma: float) -> np.ndarray:
 class SmoothSignal:
     """A smooth random function of one variable with unit RMS.
 
-    ``f(x) = sqrt(2 / n) * sum_k a_k sin(2 pi x / P_k + phi_k)`` with periods
+    ``f(x) = sum_k a_k sin(2 pi x / P_k + phi_k) - offset`` with periods
     ``P_k`` log-uniform in ``[min_period, max_period]``, amplitudes ``a_k``
-    normalised so that the mean square over x is 1, and ``f`` (optionally)
-    shifted so that ``f(0) = 0``.
+    normalised so that ``sum_k a_k^2 / 2 = 1`` (unit mean square over x),
+    and ``offset`` either 0 or chosen so that ``f(0) = 0``.
     """
 
     periods: np.ndarray
@@ -83,9 +83,3 @@ class SmoothSignal:
     def __call__(self, x: np.ndarray | float) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)[..., None]
         return np.sum(self.amplitudes * np.sin(2.0 * np.pi * x / self.periods + self.phases), axis=-1) - self.offset
-
-    def derivative(self, x: np.ndarray | float) -> np.ndarray:
-        """df/dx."""
-        x = np.asarray(x, dtype=np.float64)[..., None]
-        w = 2.0 * np.pi / self.periods
-        return np.sum(self.amplitudes * w * np.cos(w * x + self.phases), axis=-1)

@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from endo3d.core.config import positive
 from endo3d.geometry.camera import Camera
 from endo3d.sim.motion import FourierModes
 from endo3d.sim.surface import Surface
@@ -31,6 +32,16 @@ class CameraSpec:
 
     def camera(self, width: int, height: int) -> Camera:
         return Camera.from_fov(self.model, width, height, self.hfov_deg, self.dist)
+
+    def problems(self) -> list[str]:
+        limit = 360.0 if self.model == "fisheye" else 170.0
+        out = [] if 0 < self.hfov_deg < limit else [f"camera.hfov_deg must be in (0, {limit:g}) for a {self.model} "
+                                                     f"camera, got {self.hfov_deg}"]
+        if not 0 <= self.fov_mask_radius <= 2:
+            out.append(f"camera.fov_mask_radius must be in [0, 2], got {self.fov_mask_radius}")
+        if not out:
+            out += [f"camera: {p}" for p in self.camera(64, 48).problems()]
+        return out
 
     def fov_mask(self, camera: Camera) -> np.ndarray | None:
         """``(H, W)`` bool, True inside the aperture; None without one."""
@@ -52,6 +63,14 @@ class LightSpec:
     """Linear RGB radiant intensity on the axis (radiance x mm^2)."""
     falloff: float = 2.0
     """Exponent mu of the angular falloff cos(angle)^mu."""
+
+    def problems(self) -> list[str]:
+        out = [] if self.falloff >= 0 else [f"falloff must be >= 0, got {self.falloff}"]
+        if min(self.intensity) < 0:
+            out.append(f"intensity must be >= 0, got {list(self.intensity)}")
+        if not np.linalg.norm(self.direction) > 0:
+            out.append("direction must not be zero")
+        return out
 
 
 @dataclass(frozen=True)
@@ -76,6 +95,20 @@ class SensorSpec:
     gamma: str = "srgb"
     """"srgb" or an exponent such as "2.2"."""
 
+    def problems(self) -> list[str]:
+        out = positive(self, "target_level", "exposure", "ae_time_constant_s", prefix="sensor.")
+        if self.target_level >= 1:
+            out.append(f"sensor.target_level must be < 1, got {self.target_level}")
+        if min(self.white_balance) <= 0 or self.noise_shot < 0 or self.noise_read < 0:
+            out.append("sensor.white_balance must be > 0 and the noise terms >= 0")
+        if self.gamma != "srgb":
+            try:
+                if not float(self.gamma) > 0:
+                    raise ValueError
+            except ValueError:
+                out.append(f"sensor.gamma must be \"srgb\" or a positive number, got {self.gamma!r}")
+        return out
+
 
 @dataclass(frozen=True)
 class DeformSpec:
@@ -92,6 +125,14 @@ class DeformSpec:
     """Modes per band."""
     vertical_bias: float = 0.0
     """0 = isotropic directions, 1 = along the scene's up axis."""
+
+    def problems(self) -> list[str]:
+        out = positive(self, "wavelength_mm", "breathing_hz", "cardiac_hz", prefix="deform.")
+        if self.modes < 0 or self.breathing_mm < 0 or self.cardiac_mm < 0:
+            out.append("deform.modes and the amplitudes must be >= 0")
+        if not 0 <= self.vertical_bias <= 1:
+            out.append(f"deform.vertical_bias must be in [0, 1], got {self.vertical_bias}")
+        return out
 
     def fields(self, rng: np.random.Generator, up: np.ndarray | None = None) -> tuple[FourierModes, ...]:
         """The bands' modes as one field (empty when both amplitudes are 0)."""
@@ -120,6 +161,12 @@ class RenderSpec:
     """mm per unit of the stored uint16 depth."""
     material_maps: bool = True
     """Also write per-pixel albedo and roughness/specular/metallic maps."""
+
+    def problems(self) -> list[str]:
+        out = positive(self, "depth_scale_mm", prefix="render.")
+        if self.max_range_mm < 0 or min(self.ambient) < 0:
+            out.append("render.max_range_mm and render.ambient must be >= 0")
+        return out
 
 
 class Trajectory(Protocol):

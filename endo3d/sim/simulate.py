@@ -75,7 +75,7 @@ def simulate(config: SimulateConfig, progress: bool = True) -> SimulateReport:
         multiprocessing.forkserver.ensure_running()
     name, spec = load_spec(config.scene)
     args = BuildArgs(config.width, config.height, config.frames, config.fps, config.seed, config.deform_scale)
-    scene = build_scene(spec, args)
+    scene = build_scene(spec, args, config.scene)
     exposures = auto_exposure(scene)
     setup = time.perf_counter() - start
     chunk = max(1, min(16, math.ceil(config.frames / (4 * workers))))
@@ -200,8 +200,8 @@ def _material_u8(material: np.ndarray) -> np.ndarray:
 
 
 def preview_frame(out: FrameOutput) -> np.ndarray:
-    """A 2x2 picture of one frame at the frame's size: RGB, depth | normals,
-    flow (mask without flow), each at half resolution."""
+    """A 2x2 picture of one frame: RGB, depth | normals, flow (mask without
+    flow), each at half resolution (rounded up), so about the frame's size."""
     def half(image: np.ndarray) -> np.ndarray:
         return image[::2, ::2]
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from endo3d.core.config import positive
 from endo3d.render.response import srgb_decode
 from endo3d.sim.noise import periodic_blur, periodic_field, smoothstep
 
@@ -72,6 +73,18 @@ class PaletteSpec:
     """Physical size of the repeating texture tile."""
     resolution: int = 1024
     """Texels along a tile side (a power of two)."""
+
+    def problems(self) -> list[str]:
+        out = positive(self, "tile_mm", "roughness", "wet_roughness", prefix="palette.")
+        n = self.resolution
+        if n < 8 or n > 8192 or n & (n - 1):
+            out.append(f"palette.resolution must be a power of two in [8, 8192], got {n}")
+        colours = (self.base_srgb, self.patch_srgb, self.vessel_srgb, self.deep_vessel_srgb, self.overlay_srgb)
+        if any(not 0 <= c <= 1 for colour in colours for c in colour):
+            out.append("palette colours must be sRGB values in [0, 1]")
+        if not (0 <= self.patch_fraction <= 1 and 0 <= self.wet_fraction <= 1):
+            out.append("palette fractions must be in [0, 1]")
+        return out
 
 
 @dataclass

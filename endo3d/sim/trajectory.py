@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from endo3d.core.config import positive
 from endo3d.geometry.se3 import look_at
 from endo3d.sim.noise import SmoothSignal
 
@@ -103,6 +104,12 @@ class TubePathSpec:
     """Yaw/pitch jitter."""
     roll_deg: float = 20.0
     """Slow roll drift."""
+
+    def problems(self) -> list[str]:
+        out = positive(self, "lookahead_mm", prefix="path.")
+        if self.speed_mm_s < 0 or self.start_mm < 0 or not 0 <= self.lateral < 1:
+            out.append("path.speed_mm_s and path.start_mm must be >= 0, path.lateral in [0, 1)")
+        return out
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -70,6 +71,25 @@ def test_atomic_output_dir(tmp_path):
     with atomic_output_dir(out, overwrite=True) as tmp:
         (tmp / "b.txt").write_text("2")
     assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+
+
+def test_atomic_output_dir_restores_the_old_result_when_publishing_fails(tmp_path, monkeypatch):
+    out = tmp_path / "result"
+    with atomic_output_dir(out) as tmp:
+        (tmp / "a.txt").write_text("old")
+    real_replace = os.replace
+
+    def flaky(src, dst):
+        if Path(dst) == out and Path(src).name.startswith(".result.tmp-"):
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_output_dir(out, overwrite=True) as tmp:
+            (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
+    assert (out / "a.txt").read_text() == "old"
 
 
 def _umask() -> int:

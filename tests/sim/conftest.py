@@ -18,6 +18,12 @@ def make_dataset(root: Path, scene: str, **kwargs) -> Path:
     return out
 
 
+@pytest.fixture
+def dataset_factory():
+    """``make_dataset(root, scene, **settings)`` for tests that need their own data."""
+    return make_dataset
+
+
 @pytest.fixture(scope="session")
 def rigid_colon(tmp_path_factory) -> Path:
     """Colon, rigid, 8 frames at 160x128, with preview."""

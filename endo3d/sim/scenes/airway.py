@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 
+from endo3d.core.config import positive
 from endo3d.sim.motion import Deformation
 from endo3d.sim.noise import smoothstep
 from endo3d.sim.scene import CameraSpec, DeformSpec, LightSpec, RenderSpec, Scene, max_displacement
@@ -63,6 +64,16 @@ class AirwaySpec(CommonSpec):
     deform: DeformSpec = DeformSpec(breathing_mm=0.4, cardiac_mm=0.08, wavelength_mm=40.0)
     render: RenderSpec = RenderSpec(max_range_mm=150.0, shadows=False)
     """Light guides 1.3 mm from the lens shadow 0.1 % of the pixels: no shadow rays."""
+
+    def problems(self) -> list[str]:
+        out = super().problems() + self.path.problems()
+        out += positive(self, "trachea_radius_mm", "trachea_length_mm", "length_ratio", "ring_pitch_mm",
+                        "smoothing_mm", "voxel_mm", "branch_angle_deg")
+        if not 0 <= self.generations <= 6 or not 0 < self.radius_ratio <= 1 or not 0 <= self.asymmetry < 1:
+            out.append("generations must be in [0, 6], radius_ratio in (0, 1], asymmetry in [0, 1)")
+        if self.render.max_range_mm <= 0:
+            out.append("render.max_range_mm must be > 0")
+        return out
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 
+from endo3d.core.config import positive
 from endo3d.sim.motion import Deformation
 from endo3d.sim.noise import SmoothSignal
 from endo3d.sim.scene import CameraSpec, DeformSpec, LightSpec, RenderSpec, Scene, max_displacement
@@ -58,6 +59,13 @@ class ColonSpec(CommonSpec):
     palette: PaletteSpec = PaletteSpec(tile_mm=50.0)
     deform: DeformSpec = DeformSpec(breathing_mm=0.8, cardiac_mm=0.15, wavelength_mm=50.0)
     render: RenderSpec = RenderSpec(max_range_mm=200.0)
+
+    def problems(self) -> list[str]:
+        out = super().problems() + self.path.problems()
+        out += positive(self, "radius_mm", "bend_radius_mm", "fold_spacing_mm", "fold_width_mm", "edge_mm")
+        if self.render.max_range_mm <= 0:
+            out.append("render.max_range_mm must be > 0")
+        return out
 
 
 def build_colon(spec: ColonSpec, args: BuildArgs) -> Scene:

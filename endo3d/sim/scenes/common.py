@@ -46,6 +46,16 @@ class CommonSpec:
     deform: DeformSpec = DeformSpec()
     render: RenderSpec = RenderSpec()
 
+    def problems(self) -> list[str]:
+        """What is out of range, as short phrases naming the setting; empty when valid."""
+        out = self.camera.problems() + self.sensor.problems() + self.palette.problems() + self.deform.problems()
+        out += self.render.problems()
+        if not self.lights:
+            out.append("lights: at least one light is needed")
+        for i, light in enumerate(self.lights):
+            out += [f"lights[{i}].{p}" for p in light.problems()]
+        return out
+
 
 def grid_faces(rows: int, cols: int, wrap_cols: bool = False) -> np.ndarray:
     """Two triangles per cell of a ``rows x cols`` vertex grid (row-major).

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from endo3d.core.config import positive
 from endo3d.core.errors import InputError
 from endo3d.sim.motion import Deformation
 from endo3d.sim.scene import CameraSpec, DeformSpec, LightSpec, RenderSpec, Scene, max_displacement
@@ -63,6 +64,15 @@ class MeshSpec(CommonSpec):
     render: RenderSpec = RenderSpec(max_range_mm=0.0)
     """max_range_mm = 0 picks the range (and depth scale) from the mesh size."""
 
+    def problems(self) -> list[str]:
+        out = super().problems() + positive(self, "scale", "orbit_distance")
+        times = [k.time_s for k in self.keyframes]
+        if any(b <= a for a, b in zip(times, times[1:])):
+            out.append(f"keyframes must have increasing time_s, got {times}")
+        if any(np.allclose(k.eye, k.target) for k in self.keyframes):
+            out.append("a keyframe's eye and target must differ")
+        return out
+
 
 def build_mesh(spec: MeshSpec, args: BuildArgs) -> Scene:
     import trimesh
@@ -74,9 +84,11 @@ def build_mesh(spec: MeshSpec, args: BuildArgs) -> Scene:
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
         raise InputError(spec.mesh, "no triangles in the mesh file")
     vertices = np.asarray(loaded.vertices, dtype=np.float64) * spec.scale
-    faces = np.asarray(loaded.faces, dtype=np.int32)
+    faces = np.asarray(loaded.faces, dtype=np.int64)
     if not np.all(np.isfinite(vertices)):
         raise InputError(spec.mesh, "mesh has non-finite vertex coordinates")
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise InputError(spec.mesh, f"faces refer to vertices outside 0..{len(vertices) - 1}")
     center = (vertices.min(0) + vertices.max(0)) / 2
     radius = float(np.linalg.norm(vertices - center, axis=1).max())
     if radius <= 0:

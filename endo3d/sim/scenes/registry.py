@@ -46,13 +46,17 @@ def preset_names() -> list[str]:
 
 
 def load_spec(scene: str) -> tuple[str, Any]:
-    """Resolve ``--scene`` to ``(name, spec)``; raises :class:`InputError`."""
+    """Resolve ``--scene`` to ``(name, spec)``; raises :class:`InputError`.
+
+    A name that is neither a mesh file, a ``.toml`` file nor an existing file
+    is a preset (so a folder named like a preset does not hide it).
+    """
     path = Path(scene)
     if path.suffix.lower() in MESH_SUFFIXES:
         if not path.is_file():
             raise InputError(path, "mesh file not found")
         return path.stem, MeshSpec(mesh=str(path.resolve()))
-    if path.suffix.lower() == ".toml" or path.exists():
+    if path.suffix.lower() == ".toml" or path.is_file():
         if not path.is_file():
             raise InputError(path, "scene file not found")
         return path.stem, spec_from_file(path)
@@ -78,11 +82,29 @@ def spec_from_file(path: Path) -> Any:
     if kind == "mesh" and "mesh" in data:
         mesh = Path(data["mesh"])
         data["mesh"] = str(mesh if mesh.is_absolute() else (path.parent / mesh).resolve())
-    return from_dict(spec_cls, data, str(path))
+    spec = from_dict(spec_cls, data, str(path))
+    problems = spec.problems()
+    if problems:
+        raise InputError(path, problems[0])
+    return spec
 
 
-def build_scene(spec: Any, args: BuildArgs) -> Scene:
-    """Build the scene of ``spec`` and record the spec in it as plain data."""
-    scene = KINDS[spec.kind][1](spec, args)
+def build_scene(spec: Any, args: BuildArgs, source: str = "scene") -> Scene:
+    """Build the scene of ``spec`` and record the spec in it as plain data.
+
+    ``source`` names the scene (file) in errors: a spec whose values are in
+    range can still describe an impossible scene (say a keyframe looking at
+    its own eye, or a mesh with dangling faces); that is an
+    :class:`InputError`, not a crash.
+    """
+    problems = spec.problems()
+    if problems:
+        raise InputError(source, problems[0])
+    try:
+        scene = KINDS[spec.kind][1](spec, args)
+    except ValueError as e:
+        raise InputError(source, f"cannot build the scene: {e}") from None
+    if not any(len(s.faces) for s in scene.surfaces if s.is_tissue):
+        raise InputError(source, "the scene has no tissue triangles")
     scene.spec = to_dict(spec)
     return scene

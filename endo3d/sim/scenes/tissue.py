@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from endo3d.core.config import positive
 from endo3d.sim.instrument import GraspPull, GraspScript, InstrumentPart, InstrumentSpec, cylinder, jaw
 from endo3d.sim.motion import Deformation, Rigid
 from endo3d.sim.noise import SmoothSignal
@@ -61,6 +62,15 @@ class TissueSpec(CommonSpec):
     deform: DeformSpec = DeformSpec(breathing_mm=2.0, cardiac_mm=0.25, wavelength_mm=150.0, vertical_bias=0.85)
     render: RenderSpec = RenderSpec(max_range_mm=400.0, shadows=False)
     """A light on the optical axis casts no shadow the camera can see: no shadow rays."""
+
+    def problems(self) -> list[str]:
+        out = super().problems() + (self.instrument.problems() if self.instrument.enabled else [])
+        out += positive(self, "half_extent_mm", "edge_mm", "distance_mm", "lobe_width_mm")
+        if self.vertices_per_side < 2 or self.lobes < 0:
+            out.append(f"vertices_per_side must be >= 2 and lobes >= 0, got {self.vertices_per_side}, {self.lobes}")
+        if self.render.max_range_mm <= 0:
+            out.append("render.max_range_mm must be > 0")
+        return out
 
 
 @dataclass(frozen=True)
