@@ -29,8 +29,8 @@ METERING_SCALE = 8
 LUMINANCE = np.array([0.2126, 0.7152, 0.0722])
 
 
-def metering_scene(scene: Scene) -> tuple[Scene, FrameRenderer]:
-    """The scene as the light meter sees it, and a renderer at 1/8 size."""
+def metering_renderer(scene: Scene) -> FrameRenderer:
+    """A renderer at 1/8 size of the scene as the light meter sees it."""
     tissue = [dataclasses.replace(s, motion=Static()) for s in scene.surfaces if s.is_tissue]
     meter = dataclasses.replace(scene, surfaces=tissue, render=dataclasses.replace(scene.render, shadows=False))
     w = max(scene.camera.width // METERING_SCALE, 8)
@@ -41,7 +41,7 @@ def metering_scene(scene: Scene) -> tuple[Scene, FrameRenderer]:
         ys = np.clip(((np.arange(h) + 0.5) * scene.camera.height / h).astype(int), 0, scene.camera.height - 1)
         xs = np.clip(((np.arange(w) + 0.5) * scene.camera.width / w).astype(int), 0, scene.camera.width - 1)
         mask = scene.fov_mask[np.ix_(ys, xs)]
-    return meter, FrameRenderer(meter, camera, mask)
+    return FrameRenderer(meter, camera, mask)
 
 
 def auto_exposure(scene: Scene) -> np.ndarray:
@@ -50,7 +50,7 @@ def auto_exposure(scene: Scene) -> np.ndarray:
     n = scene.num_frames
     if not sensor.auto_exposure:
         return np.full(n, sensor.exposure)
-    _, renderer = metering_scene(scene)
+    renderer = metering_renderer(scene)
     cam = renderer.camera
     vignette = vignetting_map(cam.height, cam.width, cam.K_tensor(), *sensor.vignetting).reshape(-1).numpy()
     inside = renderer.ray_pixels

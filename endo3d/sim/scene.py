@@ -203,9 +203,17 @@ class Scene:
     num_frames: int
     seed: int
     spec: dict[str, Any] = field(default_factory=dict)
+    _poses: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     def time(self, index: int) -> float:
         return index / self.fps
 
     def c2w(self, index: int) -> np.ndarray:
-        return self.trajectory.c2w(self.time(index))
+        """``(4, 4)`` camera-to-world pose of frame ``index`` (read-only; each
+        frame's pose is evaluated once, though the renderer asks several times)."""
+        pose = self._poses.get(index)
+        if pose is None:
+            pose = self.trajectory.c2w(self.time(index))
+            pose.flags.writeable = False
+            self._poses[index] = pose
+        return pose
