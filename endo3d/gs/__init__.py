@@ -1,0 +1,1 @@
+"""Deformable Gaussian splatting: scene model, deformation fields, rasterisation, training, evaluation."""
