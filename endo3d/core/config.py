@@ -1,4 +1,4 @@
-"""Typed configs from plain data (TOML scene files, JSON run records).
+"""Typed configs from plain data (TOML scene files, JSON run records, checkpoints).
 
 Configs are frozen dataclasses with defaults. :func:`from_dict` builds one
 from a nested ``dict`` (e.g. parsed TOML), checking every key and type, so a
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
+from pathlib import Path, PurePath
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from endo3d.core.errors import InputError
@@ -31,6 +32,8 @@ def to_dict(config: Any) -> Any:
         return [to_dict(v) for v in config]
     if isinstance(config, dict):
         return {k: to_dict(v) for k, v in config.items()}
+    if isinstance(config, PurePath):
+        return str(config)
     return config
 
 
@@ -122,6 +125,10 @@ def _convert(hint: Any, value: Any, source: str, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise InputError(source, f"{where} must be an integer, got {value!r}")
         return value
+    if hint is Path:
+        if not isinstance(value, str):
+            raise InputError(source, f"{where} must be a path (a string), got {value!r}")
+        return Path(value)
     if hint in (str, bool):
         if not isinstance(value, hint):
             raise InputError(source, f"{where} must be a {hint.__name__}, got {value!r}")

@@ -66,3 +66,51 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(old.parent, ignore_errors=True)
         raise
     shutil.rmtree(old.parent, ignore_errors=True)
+
+
+def staging_dir(path: str | os.PathLike[str]) -> Path:
+    """Where a resumable job writes before its output is complete: ``.NAME.partial`` beside ``path``."""
+    final = Path(path)
+    return final.parent / f".{final.name}.partial"
+
+
+@contextlib.contextmanager
+def resumable_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False,
+                         resume: bool = False) -> Iterator[tuple[Path, bool]]:
+    """Like :func:`atomic_output_dir`, for long jobs that checkpoint.
+
+    The job writes into :func:`staging_dir` ``(path)``, which survives an
+    error or an interruption so that a later call with ``resume=True`` finds
+    its checkpoints; on success it is renamed to ``path``.
+
+    Yields:
+        ``(folder, resuming)``: the staging folder, and whether it holds an
+        interrupted job to continue.
+
+    Raises:
+        InputError: ``path`` exists and neither ``overwrite`` nor ``resume``
+            is set; ``resume`` without an interrupted job; an interrupted job
+            found while neither ``resume`` nor ``overwrite`` is set.
+    """
+    final, staging = Path(path), staging_dir(path)
+    check_resumable_output(final, overwrite=overwrite, resume=resume)
+    if not resume:
+        shutil.rmtree(staging, ignore_errors=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    yield staging, resume
+    _publish(staging, final)
+
+
+def check_resumable_output(path: str | os.PathLike[str], *, overwrite: bool = False, resume: bool = False) -> None:
+    """The checks of :func:`resumable_output_dir`, to run before any expensive work."""
+    final, staging = Path(path), staging_dir(path)
+    if resume and not staging.is_dir():
+        raise InputError(final, "nothing to resume: no interrupted run found "
+                                f"({staging.name} does not exist beside it)")
+    if not resume:
+        if final.exists() and not overwrite:
+            raise InputError(final, "already exists (pass --overwrite to replace it)")
+        if staging.exists() and not overwrite:
+            raise InputError(final, f"an interrupted run is in {staging}; pass --resume to continue it "
+                                    "or --overwrite to start again")

@@ -1,0 +1,148 @@
+"""Settings of ``endo3d reconstruct`` and ``endo3d render`` (typed; tyro makes them the CLI).
+
+This module imports no torch, so ``endo3d --help`` stays fast.
+
+Iteration counts left at 0 are picked from the device: a CPU gets a schedule
+sized to finish a 64-frame 160x128 sequence in minutes, a CUDA GPU the
+anchors' schedule (EndoGaussian / Deform3DGS: 3000 fine iterations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from endo3d.gs.deform_config import BasisConfig, HexPlaneConfig
+
+
+@dataclass(frozen=True)
+class DensifyConfig:
+    """Adaptive density control (3DGS / gsplat ``DefaultStrategy`` rules)."""
+
+    refine_start: int = 300
+    """First step at which Gaussians are grown and pruned."""
+    refine_stop: int = 0
+    """Last step of growing, pruning and opacity resets (0: 60 % of the fine iterations)."""
+    refine_every: int = 100
+    """Steps between growth and pruning."""
+    reset_every: int = 0
+    """Steps between opacity resets (0: never)."""
+    grow_grad2d: float = 2e-4
+    """Mean NDC gradient of a Gaussian's 2D centre above which it is grown."""
+    grow_scale3d: float = 0.01
+    """Largest scale (share of the scene scale) up to which a grown Gaussian is duplicated, not split."""
+    prune_opacity: float = 0.005
+    """Gaussians less opaque than this are removed."""
+    prune_scale3d: float = 0.1
+    """Gaussians larger than this share of the scene scale are removed (after the first reset)."""
+    max_gaussians: int = 0
+    """Growth stops at this many Gaussians (0: 40 000 on CPU, 400 000 on CUDA)."""
+
+
+@dataclass(frozen=True)
+class LearningRates:
+    """Adam learning rates (EndoGaussian's; positions and fields decay exponentially to 1 %)."""
+
+    means: float = 1.6e-4
+    """Positions, times the scene scale in mm."""
+    scales: float = 5e-3
+    quats: float = 1e-3
+    opacities: float = 5e-2
+    sh0: float = 2.5e-3
+    shN: float = 2.5e-3 / 20
+    deform_mlp: float = 1.6e-4
+    """Decoder of the HexPlane field."""
+    deform_grid: float = 1.6e-3
+    """Planes of the HexPlane field."""
+    deform_basis: float = 1.6e-3
+    """Per-Gaussian temporal basis parameters (Deform3DGS)."""
+    final_ratio: float = 0.01
+    """Positions and deformation rates decay to this share of their start by the last step."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Photometric, depth and regularisation terms."""
+
+    ssim_weight: float = 0.2
+    """Weight of (1 - SSIM) against the L1 term (3DGS: 0.2)."""
+    depth: Literal["auto", "metric", "relative", "none"] = "auto"
+    """Depth supervision: ``metric`` = L1 on inverse depth (scaled by the median depth, so unit-free);
+    ``relative`` = 1 - Pearson correlation of inverse depths (scale and shift free);
+    ``auto`` = metric when the input has depth."""
+    depth_weight: float = 0.5
+    """Weight of the depth term."""
+    tv_weight: float = 0.0
+    """Weight of total variation on the rendered depth (EndoGaussian: 0.03)."""
+    deform_reg_weight: float = 1.0
+    """Weight of the deformation field's own regulariser (plane smoothness etc.)."""
+
+
+@dataclass(frozen=True)
+class ReconstructConfig:
+    """Reconstruct a deforming scene with Gaussian splatting and evaluate it on held-out frames."""
+
+    input: tyro.conf.Positional[Path]
+    """An ``endo3d/v1`` dataset folder or an EndoNeRF folder."""
+    out: Path
+    """Run folder to write (metrics.json, point_cloud.ply, cameras.json, renders/, checkpoint.pt)."""
+    overwrite: bool = False
+    """Replace an existing run folder."""
+    resume: bool = False
+    """Continue an interrupted run from its last checkpoint."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train (``auto``: CUDA when available)."""
+    rasterizer: Literal["auto", "torch", "gsplat"] = "auto"
+    """``gsplat`` needs CUDA; ``torch`` is endo3d's own rasteriser (any device); ``auto`` picks gsplat on CUDA."""
+    deformation: Literal["hexplane", "basis"] = "hexplane"
+    """Deformation field: EndoGaussian's HexPlane + MLP, or Deform3DGS's per-Gaussian temporal bases."""
+    hexplane: HexPlaneConfig = field(default_factory=HexPlaneConfig)
+    basis: BasisConfig = field(default_factory=BasisConfig)
+    iterations: int = 0
+    """Fine-stage steps, with deformation (0: 3000 on CUDA, a CPU-sized count on CPU)."""
+    coarse_iterations: int = -1
+    """Coarse-stage steps: no deformation, first training frame only (-1: 1000 on CUDA, a CPU-sized count on CPU).
+    The basis field (Deform3DGS) has no coarse stage by default."""
+    init_points: int = 0
+    """Gaussians at initialisation (0: 30 000 on CUDA, fewer on CPU)."""
+    sh_degree: int = 3
+    """Spherical-harmonics degree of the colours (raised one step every 1000 iterations)."""
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    lr: LearningRates = field(default_factory=LearningRates)
+    loss: LossConfig = field(default_factory=LossConfig)
+    depth_dir: Path | None = None
+    """Folder of per-frame ``NNNNNN.npy`` depth maps to use instead of the input's (mm, or relative)."""
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Colour behind the Gaussians."""
+    seed: int = 0
+    checkpoint_every: int = 500
+    """Steps between checkpoints (the last step always writes one)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Render a reconstructed run to a video, with depth as a colour-mapped side panel."""
+
+    run: tyro.conf.Positional[Path]
+    """A run folder written by ``endo3d reconstruct``."""
+    out: Path
+    """The ``.mp4`` file to write."""
+    path: Literal["training", "orbit", "fixed"] = "training"
+    """Camera path: the training cameras over time, a small orbit around the first camera's view centre,
+    or the first camera held still while the tissue deforms."""
+    orbit_degrees: float = 10.0
+    """Half-angle of the orbit, degrees."""
+    frames: int = 0
+    """Frames to render (0: one per input frame)."""
+    fps: float = 0.0
+    """Video frame rate (0: the input's)."""
+    depth_panel: bool = True
+    """Put a colour-mapped depth image beside each render."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    overwrite: bool = False
+    """Replace an existing video."""
