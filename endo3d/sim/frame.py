@@ -66,10 +66,9 @@ class GBuffer:
 
 
 @dataclass
-class FrameOutput:
-    """Everything written for one frame (H x W images, numpy)."""
+class FrameLabels:
+    """The labels of one frame (H x W images, numpy): everything but the image."""
 
-    rgb: np.ndarray  # (H, W, 3) uint8 sRGB
     depth: np.ndarray  # (H, W) float32 z-depth mm, 0 = invalid
     normal: np.ndarray  # (H, W, 3) float32 camera frame
     normal_valid: np.ndarray  # (H, W) bool
@@ -78,6 +77,21 @@ class FrameOutput:
     mask: np.ndarray  # (H, W) uint8 labels
     albedo: np.ndarray  # (H, W, 3) float32 linear
     material: np.ndarray  # (H, W, 3) float32 roughness, specular, metallic
+
+
+@dataclass
+class FrameOutput:
+    """Everything written for one frame (H x W images, numpy): the image and :class:`FrameLabels`."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8 sRGB
+    depth: np.ndarray
+    normal: np.ndarray
+    normal_valid: np.ndarray
+    flow: np.ndarray | None
+    flow_valid: np.ndarray | None
+    mask: np.ndarray
+    albedo: np.ndarray
+    material: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -146,23 +160,46 @@ class FrameRenderer:
             labels[sel] = surf.label
         return GBuffer(self.ray_pixels[order], surface, face, bary, points, normals, face_n * flip, material, labels)
 
+    def visibility(self, index: int, gb: GBuffer, geom: FrameGeometry,
+                   positions_cam: list[np.ndarray] | None = None) -> list[torch.Tensor] | None:
+        """Shadow rays: per light a ``(n, 1)`` float32 tensor, 1 where the hit
+        point sees the light, 0 where the scene blocks the segment to it.
+
+        ``positions_cam`` are the lights' positions in the camera frame (mm);
+        by default the scene's lights. None when the scene renders no shadows.
+        """
+        if not self.scene.render.shadows or not len(gb.points):
+            return None
+        if positions_cam is None:
+            positions_cam = [np.asarray(light.position_mm, dtype=np.float64) for light in self.scene.lights]
+        c2w = self.scene.c2w(index)
+        R, C = c2w[:3, :3], c2w[:3, 3]
+        origins = gb.points + SHADOW_OFFSET_MM * gb.offsets
+        out = []
+        for position in positions_cam:
+            to_light = (C + R @ np.asarray(position, dtype=np.float64)) - origins
+            blocked = geom.occluded(origins, to_light, tnear=0.0, tfar=1.0)
+            out.append(torch.from_numpy((~blocked).astype(np.float32))[:, None])
+        return out
+
     def radiance(self, index: int, gb: GBuffer, geom: FrameGeometry) -> torch.Tensor:
         """``(n, 3)`` linear radiance towards the camera at the hit pixels."""
         c2w = self.scene.c2w(index)
         R, C = c2w[:3, :3], c2w[:3, 3]
         points_cam = torch.from_numpy(((gb.points - C) @ R).astype(np.float32))
         normals_cam = torch.from_numpy((gb.normals @ R).astype(np.float32))
-        visibility = None
-        if self.scene.render.shadows and len(gb.points):
-            origins = gb.points + SHADOW_OFFSET_MM * gb.offsets
-            visibility = []
-            for light in self.scene.lights:
-                to_light = (C + R @ np.asarray(light.position_mm)) - origins
-                blocked = geom.occluded(origins, to_light, tnear=0.0, tfar=1.0)
-                visibility.append(torch.from_numpy((~blocked).astype(np.float32))[:, None])
+        visibility = self.visibility(index, gb, geom)
         m = gb.material
         material = Material(m[:, 0:3], m[:, 3:4], m[:, 4:5], m[:, 5:6])
         return shade(points_cam, normals_cam, material, self.lights, self.ambient, visibility=visibility)
+
+    def response(self, exposure: float) -> CameraResponse:
+        """The scene's camera response at ``exposure``."""
+        sensor = self.scene.sensor
+        return CameraResponse(
+            exposure=exposure, white_balance=sensor.white_balance, vignetting=sensor.vignetting,
+            noise_shot=sensor.noise_shot, noise_read=sensor.noise_read,
+            gamma=sensor.gamma if sensor.gamma == "srgb" else float(sensor.gamma))
 
     def render(self, index: int, geom: FrameGeometry, geom_next: FrameGeometry | None, exposure: float) -> FrameOutput:
         scene, cam = self.scene, self.camera
@@ -174,11 +211,7 @@ class FrameRenderer:
         image = torch.zeros((H * W, 3), dtype=torch.float32)
         image[torch.from_numpy(gb.pixels)] = radiance
         image = image.T.reshape(1, 3, H, W)
-        sensor = scene.sensor
-        response = CameraResponse(
-            exposure=exposure, white_balance=sensor.white_balance, vignetting=sensor.vignetting,
-            noise_shot=sensor.noise_shot, noise_read=sensor.noise_read,
-            gamma=sensor.gamma if sensor.gamma == "srgb" else float(sensor.gamma))
+        response = self.response(exposure)
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence([scene.seed, index]).generate_state(1)[0]))
         rgb = to_uint8(apply_response(image, response, cam.K_tensor(), generator=generator))[0]
         rgb[~self.ray_mask] = 0
@@ -186,6 +219,18 @@ class FrameRenderer:
         t_shading = time.perf_counter() - clock - cast_shading
 
         clock = time.perf_counter()
+        labels = self.labels(index, gb, geom_next)
+        cast_total = self.raycaster.seconds - cast_before
+        t_labels = time.perf_counter() - clock - (cast_total - cast_shading)
+        out = FrameOutput(rgb=rgb, **vars(labels))
+        out.timings = {"raycast": cast_total, "shading": t_shading, "labels": t_labels}
+        return out
+
+    def labels(self, index: int, gb: GBuffer, geom_next: FrameGeometry | None) -> FrameLabels:
+        """Every label of frame ``index`` but the image: depth, normals, mask,
+        material maps, and the flow to frame ``index + 1`` (None without ``geom_next``)."""
+        scene, cam = self.scene, self.camera
+        H, W = cam.height, cam.width
         c2w = scene.c2w(index)
         R, C = c2w[:3, :3], c2w[:3, 3]
         px = gb.pixels
@@ -204,14 +249,10 @@ class FrameRenderer:
         flow = flow_valid = None
         if geom_next is not None:
             flow, flow_valid = self._flow(index, gb, geom_next)
-        cast_total = self.raycaster.seconds - cast_before
-        t_labels = time.perf_counter() - clock - (cast_total - cast_shading)
-        out = FrameOutput(
-            rgb=rgb, depth=depth.reshape(H, W), normal=normal.reshape(H, W, 3), normal_valid=valid.reshape(H, W),
-            flow=flow, flow_valid=flow_valid, mask=mask.reshape(H, W), albedo=albedo.reshape(H, W, 3),
-            material=material.reshape(H, W, 3))
-        out.timings = {"raycast": cast_total, "shading": t_shading, "labels": t_labels}
-        return out
+        return FrameLabels(depth=depth.reshape(H, W), normal=normal.reshape(H, W, 3),
+                           normal_valid=valid.reshape(H, W), flow=flow, flow_valid=flow_valid,
+                           mask=mask.reshape(H, W), albedo=albedo.reshape(H, W, 3),
+                           material=material.reshape(H, W, 3))
 
     def _flow(self, index: int, gb: GBuffer, geom_next: FrameGeometry) -> tuple[np.ndarray, np.ndarray]:
         scene, cam = self.scene, self.camera
