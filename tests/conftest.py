@@ -1,4 +1,4 @@
-"""Datasets generated once per test session with the simulator (small sizes)."""
+"""Datasets generated once per test session with the simulator (small sizes), for every test area."""
 
 from __future__ import annotations
 

@@ -1,0 +1,29 @@
+"""``endo3d reconstruct`` and ``endo3d render``: thin runners that print where the results are."""
+
+from __future__ import annotations
+
+from endo3d.gs.config import ReconstructConfig, RenderConfig
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def run_reconstruct(config: ReconstructConfig) -> None:
+    from endo3d.gs.reconstruct import reconstruct
+
+    result = reconstruct(config)
+    m = result.metrics
+    print(f"wrote {result.run}: {m['num_gaussians']} Gaussians, {m['iterations']} steps in "
+          f"{m['train_seconds']:.0f} s on {m['device']} ({m['deformation']}, {m['rasterizer']} rasteriser)")
+    print(f"test frames {m['test_frames']}: PSNR {_fmt(m['psnr'])} dB (masked full image), "
+          f"{_fmt(m['psnr_tissue'])} dB (tissue only), SSIM {_fmt(m['ssim'], 3)}, LPIPS {_fmt(m['lpips'], 3)}, "
+          f"depth RMSE {_fmt(m['depth_rmse_mm'])} mm, render {m['render_fps']:.0f} fps")
+    print(f"renders: {result.run / 'renders'}  metrics: {result.run / 'metrics.json'}")
+
+
+def run_render(config: RenderConfig) -> None:
+    from endo3d.gs.video import render_video
+
+    count = render_video(config)
+    print(f"wrote {config.out}: {count} frames")

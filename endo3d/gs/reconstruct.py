@@ -1,0 +1,158 @@
+"""``endo3d reconstruct`` on datasets: train, evaluate, and write the run folder.
+
+The run folder (CONVENTIONS.md) is written into a staging folder beside
+``--out`` that holds the checkpoints while training and is renamed to
+``--out`` when everything is written; an interrupted run continues with
+``--resume``.
+
+Evaluation renders the held-out frames, rounds them to 8 bits, writes them to
+``renders/`` and computes the metrics *from the 8-bit images*, so that
+recomputing the metrics from ``renders/`` and the dataset gives the same
+numbers. Render speed is the wall time of rendering every frame with its
+deformation (forward only, synchronised on CUDA).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from endo3d.core.config import to_dict
+from endo3d.core.errors import Endo3dError
+from endo3d.core.fs import check_resumable_output, resumable_output_dir
+from endo3d.gs.config import ReconstructConfig
+from endo3d.gs.data import FrameSet, load_frames
+from endo3d.gs.metrics import ImageMetrics, image_metrics, load_lpips, mean_metrics
+from endo3d.gs.model import DeformableGaussians
+from endo3d.gs.train import CHECKPOINT, Trainer, resolve_device
+from endo3d.io import encode_depth, write_png, write_rgb
+
+RENDER_DEPTH_SCALE_MM = 0.01
+"""Depth renders are stored like dataset depth: uint16, depth_mm = value * 0.01."""
+
+
+@dataclasses.dataclass
+class ReconstructResult:
+    """What a finished run reports (also in ``metrics.json``)."""
+
+    run: Path
+    metrics: dict[str, Any]
+
+
+def quantise(rgb: torch.Tensor) -> torch.Tensor:
+    """Round ``(3, H, W)`` [0, 1] to the 8-bit grid that a PNG stores."""
+    return torch.round(rgb.clamp(0, 1) * 255) / 255
+
+
+def choose_backend(name: str, device: torch.device) -> str:
+    """The rasteriser backend for ``--rasterizer`` on ``device``."""
+    if name == "gsplat" and device.type != "cuda":
+        raise Endo3dError("--rasterizer gsplat needs CUDA (gsplat has no CPU path); use --rasterizer torch")
+    return name
+
+
+@torch.no_grad()
+def evaluate(model: DeformableGaussians, frames: FrameSet, out: Path | None, background: torch.Tensor,
+             backend: str) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    """Render and score the test frames; write ``renders/`` into ``out`` when given.
+
+    Returns the mean metrics, the per-frame metrics and a note on LPIPS.
+    """
+    lpips, lpips_note = load_lpips(frames.rgb.device)
+    per_frame: list[ImageMetrics] = []
+    rows = []
+    if out is not None:
+        (out / "renders" / "depth").mkdir(parents=True, exist_ok=True)
+    for i in frames.test:
+        r = model.render(frames.c2w[i], frames.K[i], frames.width, frames.height, frames.t[i],
+                         background=background, backend=backend)
+        rgb = quantise(r.rgb)
+        depth = r.depth * (r.alpha > 0.5)
+        target_depth = frames.depth[i] if frames.depth is not None else None
+        m = image_metrics(rgb, frames.rgb[i], frames.valid[i], depth=depth, target_depth=target_depth,
+                          lpips=lpips)
+        per_frame.append(m)
+        rows.append({"index": int(frames.index[i]), **dataclasses.asdict(m)})
+        if out is not None:
+            name = f"{int(frames.index[i]):06d}.png"
+            write_rgb(out / "renders" / name, rgb.cpu().numpy())
+            write_png(out / "renders" / "depth" / name,
+                      encode_depth(depth[0].cpu().numpy(), RENDER_DEPTH_SCALE_MM))
+    return mean_metrics(per_frame), rows, lpips_note
+
+
+@torch.no_grad()
+def render_fps(model: DeformableGaussians, frames: FrameSet, background: torch.Tensor, backend: str,
+               repeats: int = 1) -> float:
+    """Frames per second of rendering every frame with deformation (one warm-up render first)."""
+    sync = torch.cuda.synchronize if frames.rgb.is_cuda else (lambda: None)
+    model.render(frames.c2w[0], frames.K[0], frames.width, frames.height, frames.t[0], background=background,
+                 backend=backend)
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for i in range(len(frames)):
+            model.render(frames.c2w[i], frames.K[i], frames.width, frames.height, frames.t[i],
+                         background=background, backend=backend)
+    sync()
+    return repeats * len(frames) / (time.perf_counter() - start)
+
+
+def cameras_json(frames: FrameSet) -> dict[str, Any]:
+    """``cameras.json`` of CONVENTIONS.md: the cameras used, in input order and units."""
+    return {
+        "width": frames.width, "height": frames.height, "K": frames.K[0].tolist(),
+        "frames": [{"index": int(frames.index[i]), "time": float(frames.time_s[i]), "c2w": frames.c2w[i].tolist(),
+                    **({"K": frames.K[i].tolist()} if not torch.equal(frames.K[i], frames.K[0]) else {})}
+                   for i in range(len(frames))],
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def reconstruct(config: ReconstructConfig) -> ReconstructResult:
+    """Run ``endo3d reconstruct`` on a dataset folder; see the module docstring."""
+    check_resumable_output(config.out, overwrite=config.overwrite, resume=config.resume)
+    device = resolve_device(config.device)
+    backend = choose_backend(config.rasterizer, device)
+    frames = load_frames(config.input, depth_dir=config.depth_dir)
+    trainer = Trainer(config, frames, device, backend)  # validates depth settings before anything is written
+    with resumable_output_dir(config.out, overwrite=config.overwrite, resume=config.resume) as (run, resuming):
+        if resuming and (run / CHECKPOINT).is_file():
+            state = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
+            if state["config"] != trainer.settings():
+                raise Endo3dError(f"{run / CHECKPOINT}: the interrupted run used other settings; "
+                                  "resume with the same flags or start again with --overwrite")
+            trainer.load_state_dict(state)
+        write_json(run / "config.json", to_dict(config))
+        trainer.fit(run, progress=config.progress)
+        model = trainer.model.eval()
+        means, per_frame, lpips_note = evaluate(model, trainer.frames, run, trainer.background, backend)
+        fps = render_fps(model, trainer.frames, trainer.background, backend)
+        model.export_ply(run / "point_cloud.ply", t=0.0)
+        write_json(run / "cameras.json", cameras_json(frames))
+        metrics = {
+            "psnr": means["psnr"], "ssim": means["ssim"], "lpips": means["lpips"],
+            "depth_rmse_mm": means["depth_rmse_mm"], "train_seconds": trainer.train_seconds,
+            "render_fps": fps, "num_gaussians": model.num_gaussians, "device": device.type,
+            "test_frames": [int(frames.index[i]) for i in frames.test],
+            "psnr_tissue": means["psnr_tissue"],
+            "psnr_protocol": "psnr and ssim: masked full image (instrument pixels zeroed in render and target, "
+                             "averaged over all pixels, as EndoGaussian/Deform3DGS); psnr_tissue: tissue pixels only",
+            "lpips_note": lpips_note,
+            "metric_scale": True,
+            "iterations": trainer.schedule.total, "coarse_iterations": trainer.schedule.coarse,
+            "deformation": config.deformation, "rasterizer": backend if backend != "auto" else
+            ("gsplat" if device.type == "cuda" else "torch"),
+            "depth_loss": trainer.schedule.depth, "render_size": [frames.width, frames.height],
+            "per_frame": per_frame,
+        }
+        write_json(run / "metrics.json", metrics)
+    return ReconstructResult(run=Path(config.out), metrics=metrics)
