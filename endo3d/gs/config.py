@@ -15,6 +15,7 @@ from typing import Literal
 
 import tyro
 
+from endo3d.core.config import positive
 from endo3d.gs.deform_config import BasisConfig, HexPlaneConfig
 
 
@@ -95,6 +96,9 @@ class ReconstructConfig:
     """Continue an interrupted run from its last checkpoint."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train (``auto``: CUDA when available)."""
+    threads: int = 1
+    """CPU threads for torch. On small images more threads gain little, and they slow down sharply
+    when other jobs share the cores; raise it on a many-core machine."""
     rasterizer: Literal["auto", "torch", "gsplat"] = "auto"
     """``gsplat`` needs CUDA; ``torch`` is endo3d's own rasteriser (any device); ``auto`` picks gsplat on CUDA."""
     deformation: Literal["hexplane", "basis"] = "hexplane"
@@ -114,7 +118,8 @@ class ReconstructConfig:
     lr: LearningRates = field(default_factory=LearningRates)
     loss: LossConfig = field(default_factory=LossConfig)
     depth_dir: Path | None = None
-    """Folder of per-frame ``NNNNNN.npy`` depth maps to use instead of the input's (mm, or relative)."""
+    """Folder of per-frame ``NNNNNN.npy`` z-depth maps in mm to train on instead of the input's (the input's
+    depth, if any, stays the reference of the depth error)."""
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Colour behind the Gaussians."""
     seed: int = 0
@@ -122,6 +127,21 @@ class ReconstructConfig:
     """Steps between checkpoints (the last step always writes one)."""
     progress: bool = True
     """Show a progress bar."""
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, as phrases naming the flag (empty when usable)."""
+        out = positive(self, "threads", "checkpoint_every", prefix="--")
+        out += [f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
+                for name in ("iterations", "init_points") if getattr(self, name) < 0]
+        if not 0 <= self.sh_degree <= 3:
+            out.append(f"--sh-degree must be 0..3, got {self.sh_degree}")
+        d = self.densify
+        out += positive(d, "refine_every", prefix="--densify.")
+        out += [f"--densify.{n.replace('_', '-')} must be >= 0, got {getattr(d, n)}"
+                for n in ("reset_every", "max_gaussians", "refine_start", "refine_stop") if getattr(d, n) < 0]
+        field = self.hexplane if self.deformation == "hexplane" else self.basis
+        out += [f"--{self.deformation}.{p}" for p in field.problems()]
+        return out
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,9 @@ class FrameSet:
         rgb: float32 ``(N, 3, H, W)`` sRGB in [0, 1], as stored.
         valid: bool ``(N, 1, H, W)``: tissue pixels to fit (mask label 0;
             all True without masks).
-        depth: float32 ``(N, 1, H, W)`` z-depth in mm (0 = invalid), or None.
+        depth: float32 ``(N, 1, H, W)`` z-depth in mm (0 = invalid) to train on, or None.
+        gt_depth: the dataset's own depth, the reference of the depth error
+            (the same tensor as ``depth`` unless ``depth_dir`` replaced it), or None.
         c2w: float32 ``(N, 4, 4)`` camera-to-world, OpenCV, mm.
         K: float32 ``(N, 3, 3)`` intrinsics in pixels.
         t: float32 ``(N,)`` normalised time ``index / (N - 1)`` (0 for one frame).
@@ -45,6 +47,7 @@ class FrameSet:
     rgb: torch.Tensor
     valid: torch.Tensor
     depth: torch.Tensor | None
+    gt_depth: torch.Tensor | None
     c2w: torch.Tensor
     K: torch.Tensor
     t: torch.Tensor
@@ -76,9 +79,10 @@ def load_frames(path: str | Path, *, depth_dir: Path | None = None) -> FrameSet:
 
     Args:
         path: an ``endo3d/v1`` or EndoNeRF folder.
-        depth_dir: optional folder of per-frame depth maps that replace the
-            dataset's: ``NNNNNN.npy`` float32 ``(H, W)`` z-depth (mm, or
-            relative depth for a relative depth loss), one per frame.
+        depth_dir: optional folder of per-frame depth maps to train on instead
+            of the dataset's: ``NNNNNN.npy`` float ``(H, W)`` z-depth in mm
+            (e.g. from ``endo3d depth predict``), one per frame. The
+            dataset's own depth, if any, stays the reference for evaluation.
 
     Raises:
         InputError: an empty dataset, a sequence of fewer than two frames
@@ -101,14 +105,15 @@ def load_frames(path: str | Path, *, depth_dir: Path | None = None) -> FrameSet:
         if f.rgb.shape != size:
             raise InputError(root, f"frame {f.index} is {f.rgb.shape[2]}x{f.rgb.shape[1]}, "
                                    f"frame {frames[0].index} is {size[2]}x{size[1]}")
-    depth = _read_depth_dir(depth_dir, frames) if depth_dir is not None else _stack_depth(dataset, frames)
+    gt_depth = _stack_depth(dataset, frames)
+    depth = _read_depth_dir(depth_dir, frames) if depth_dir is not None else gt_depth
     index = np.array([f.index for f in frames])
     test = [i for i in range(n) if is_test_frame(int(index[i]))]
     train = [i for i in range(n) if i not in test]
     return FrameSet(
         rgb=torch.stack([f.rgb for f in frames]),
         valid=torch.stack([f.valid for f in frames]),
-        depth=depth,
+        depth=depth, gt_depth=gt_depth,
         c2w=torch.from_numpy(np.stack([f.c2w for f in frames])).float(),
         K=torch.from_numpy(np.stack([f.K for f in frames])).float(),
         t=torch.arange(n, dtype=torch.float32) / max(n - 1, 1),

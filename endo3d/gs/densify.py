@@ -47,8 +47,9 @@ class Densifier:
     def state_dict(self) -> dict:
         return {"grad2d": self.grad2d, "count": self.count, "scene_scale": self.scene_scale}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.grad2d, self.count, self.scene_scale = state["grad2d"], state["count"], state["scene_scale"]
+    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
+        move = (lambda x: None if x is None else x.to(device))
+        self.grad2d, self.count, self.scene_scale = move(state["grad2d"]), move(state["count"]), state["scene_scale"]
 
     def accumulate(self, means2d: torch.Tensor, radii: torch.Tensor, width: int, height: int) -> None:
         """Add one rendered frame's 2D-centre gradients (call after ``backward``)."""
@@ -111,7 +112,8 @@ class Densifier:
         params = {k: v.detach()[mask] for k, v in splats.items()}
         scales = torch.exp(params["scales"])
         R = quaternion_to_matrix(torch.nn.functional.normalize(params["quats"], dim=-1))
-        noise = torch.randn((2,) + scales.shape, generator=generator, device=scales.device)
+        # drawn on the CPU (where the trainer's generator lives), so the random stream is device-independent
+        noise = torch.randn((2,) + scales.shape, generator=generator).to(scales.device)
         offsets = torch.einsum("nij,bnj->bni", R, scales * noise)
         children = {k: torch.cat([v, v]) for k, v in params.items()}
         children["means"] = (params["means"] + offsets).reshape(-1, 3)

@@ -30,9 +30,9 @@ ALEXNET_CHECKPOINT = "alexnet-owt-7be5be79.pth"
 class ImageMetrics:
     """Metrics of one frame (None where they cannot be computed)."""
 
-    psnr: float
-    """Masked full image (anchor protocol)."""
-    psnr_tissue: float
+    psnr: float | None
+    """Masked full image (anchor protocol); None for a frame without tissue pixels."""
+    psnr_tissue: float | None
     """Tissue pixels only."""
     ssim: float
     """Masked full image."""
@@ -62,7 +62,9 @@ def image_metrics(render: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     mse_full = float(diff2.mean())
     mse_tissue = float(diff2.sum() / (3 * m.sum()).clamp_min(1))
     a, b = render * m, target * m
-    out = ImageMetrics(psnr=psnr(mse_full), psnr_tissue=psnr(mse_tissue), ssim=float(ssim_map(a, b).mean()),
+    tissue = bool(mask.any())
+    out = ImageMetrics(psnr=psnr(mse_full) if tissue else None, psnr_tissue=psnr(mse_tissue) if tissue else None,
+                       ssim=float(ssim_map(a, b).mean()),
                        lpips=lpips(a, b) if lpips is not None else None, depth_rmse_mm=None)
     if depth is not None and target_depth is not None:
         valid = mask & (target_depth > 0)

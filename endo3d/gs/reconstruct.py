@@ -15,6 +15,7 @@ deformation (forward only, synchronised on CUDA).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -56,6 +57,13 @@ def choose_backend(name: str, device: torch.device) -> str:
     return name
 
 
+def resolved_backend(name: str, device: torch.device) -> str:
+    """The rasteriser ``auto`` ends up using on ``device`` (gsplat on CUDA when it imports)."""
+    if name != "auto":
+        return name
+    return "gsplat" if device.type == "cuda" and importlib.util.find_spec("gsplat") is not None else "torch"
+
+
 @torch.no_grad()
 def evaluate(model: DeformableGaussians, frames: FrameSet, out: Path | None, background: torch.Tensor,
              backend: str) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
@@ -73,7 +81,7 @@ def evaluate(model: DeformableGaussians, frames: FrameSet, out: Path | None, bac
                          background=background, backend=backend)
         rgb = quantise(r.rgb)
         depth = r.depth * (r.alpha > 0.5)
-        target_depth = frames.depth[i] if frames.depth is not None else None
+        target_depth = frames.gt_depth[i] if frames.gt_depth is not None else None
         m = image_metrics(rgb, frames.rgb[i], frames.valid[i], depth=depth, target_depth=target_depth,
                           lpips=lpips)
         per_frame.append(m)
@@ -119,6 +127,18 @@ def write_json(path: Path, data: Any) -> None:
 
 def reconstruct(config: ReconstructConfig) -> ReconstructResult:
     """Run ``endo3d reconstruct`` on a dataset folder; see the module docstring."""
+    problems = config.problems()
+    if problems:
+        raise Endo3dError("; ".join(problems))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _reconstruct(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _reconstruct(config: ReconstructConfig) -> ReconstructResult:
     check_resumable_output(config.out, overwrite=config.overwrite, resume=config.resume)
     device = resolve_device(config.device)
     backend = choose_backend(config.rasterizer, device)
@@ -127,9 +147,9 @@ def reconstruct(config: ReconstructConfig) -> ReconstructResult:
     with resumable_output_dir(config.out, overwrite=config.overwrite, resume=config.resume) as (run, resuming):
         if resuming and (run / CHECKPOINT).is_file():
             state = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
-            if state["config"] != trainer.settings():
-                raise Endo3dError(f"{run / CHECKPOINT}: the interrupted run used other settings; "
-                                  "resume with the same flags or start again with --overwrite")
+            problem = trainer.resume_problem(state)
+            if problem:
+                raise Endo3dError(f"{run / CHECKPOINT}: {problem}, or start again with --overwrite")
             trainer.load_state_dict(state)
         write_json(run / "config.json", to_dict(config))
         trainer.fit(run, progress=config.progress)
@@ -149,8 +169,7 @@ def reconstruct(config: ReconstructConfig) -> ReconstructResult:
             "lpips_note": lpips_note,
             "metric_scale": True,
             "iterations": trainer.schedule.total, "coarse_iterations": trainer.schedule.coarse,
-            "deformation": config.deformation, "rasterizer": backend if backend != "auto" else
-            ("gsplat" if device.type == "cuda" else "torch"),
+            "deformation": config.deformation, "rasterizer": resolved_backend(backend, device),
             "depth_loss": trainer.schedule.depth, "render_size": [frames.width, frames.height],
             "per_frame": per_frame,
         }

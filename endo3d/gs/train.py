@@ -101,7 +101,10 @@ class Trainer:
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.background = torch.tensor(config.background, dtype=torch.float32, device=device)
         torch.manual_seed(config.seed)
-        cloud = initial_points(frames, self.schedule.init_points, generator=self.generator)
+        try:
+            cloud = initial_points(frames, self.schedule.init_points, generator=self.generator)
+        except ValueError as e:
+            raise InputError(frames.source, str(e)) from None
         lo, hi = cloud.points.min(0).values, cloud.points.max(0).values
         self.scene_scale = float((hi - lo).norm()) / 2
         margin = 0.1 * (hi - lo) + 1e-3
@@ -209,12 +212,14 @@ class Trainer:
 
     def settings(self) -> dict[str, Any]:
         """The config as recorded in checkpoints: what a resumed run must share with the interrupted one."""
-        return to_dict(dataclasses.replace(self.config, resume=False, overwrite=False, progress=True))
+        return to_dict(dataclasses.replace(self.config, resume=False, overwrite=False, progress=True, threads=1))
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": 1,
             "config": self.settings(),
+            "schedule": dataclasses.asdict(self.schedule),
+            "device": self.device.type,
             "step": self.step,
             "train_seconds": self.train_seconds,
             "scene_scale": self.scene_scale,
@@ -228,6 +233,15 @@ class Trainer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
+
+    def resume_problem(self, state: dict[str, Any]) -> str | None:
+        """Why ``state`` cannot be continued by this trainer (other settings, device or schedule), or None."""
+        if state["config"] != self.settings():
+            return "the interrupted run used other settings; resume with the same flags"
+        if state["device"] != self.device.type or state["schedule"] != dataclasses.asdict(self.schedule):
+            return (f"the interrupted run trained on {state['device']} with its own schedule; "
+                    f"resume with --device {state['device']}")
+        return None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint made by :meth:`state_dict` of a run with the same config."""
@@ -243,7 +257,7 @@ class Trainer:
             o.load_state_dict(state["optimizers"][k])
         if self.field_optimizer is not None:
             self.field_optimizer.load_state_dict(state["field_optimizer"])
-        self.densifier.load_state_dict(state["densifier"])
+        self.densifier.load_state_dict(state["densifier"], self.device)
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
 

@@ -73,6 +73,8 @@ def render_video(config: RenderConfig) -> int:
         raise InputError(out, "the output must be a .mp4, .mkv or .mov file")
     if out.exists() and not config.overwrite:
         raise InputError(out, "already exists (pass --overwrite to replace it)")
+    if config.frames < 0 or config.fps < 0:
+        raise InputError(out, f"--frames and --fps must be >= 0, got {config.frames} and {config.fps}")
     device = resolve_device(config.device)
     try:
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
@@ -81,7 +83,7 @@ def render_video(config: RenderConfig) -> int:
         raise InputError(checkpoint_path, f"unreadable ({e})") from None
     model = load_model(state, device)
     c2w = torch.tensor([f["c2w"] for f in cameras["frames"]], dtype=torch.float32)
-    K = torch.tensor(cameras["K"], dtype=torch.float32, device=device)
+    Ks = torch.tensor([f.get("K", cameras["K"]) for f in cameras["frames"]], dtype=torch.float32, device=device)
     width, height = int(cameras["width"]), int(cameras["height"])
     count = config.frames or len(c2w)
     times = cameras["frames"]
@@ -105,7 +107,8 @@ def render_video(config: RenderConfig) -> int:
 
     with VideoWriter(out, fps=fps) as video, torch.no_grad():
         for k in tqdm(range(count), desc="render", unit="frame"):
-            r = model.render(poses[k].to(device), K, width, height, t[k], background=background)
+            nearest = round(k * (len(Ks) - 1) / max(count - 1, 1)) if config.path == "training" else 0
+            r = model.render(poses[k].to(device), Ks[nearest], width, height, t[k], background=background)
             rgb = (r.rgb.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
             if config.depth_panel:
                 depth = (r.depth * (r.alpha > 0.5))[0].cpu().numpy()

@@ -9,14 +9,16 @@ import pytest
 import torch
 
 from endo3d.cli.main import main
-from endo3d.gs.config import ReconstructConfig
+from endo3d.gs.config import DensifyConfig, ReconstructConfig
 from endo3d.gs.data import load_frames
 from endo3d.gs.metrics import image_metrics, mean_metrics
 from endo3d.gs.reconstruct import reconstruct
 from endo3d.gs import train as train_module
 from endo3d.io import probe_video, read_rgb
 
-TINY = dict(iterations=60, coarse_iterations=20, init_points=3000, checkpoint_every=20, progress=False)
+# densification, an opacity reset and checkpoints all happen inside these 80 steps
+TINY = dict(iterations=60, coarse_iterations=20, init_points=3000, checkpoint_every=20, progress=False,
+            densify=DensifyConfig(refine_start=10, refine_every=15, reset_every=45))
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +86,12 @@ def test_render_writes_a_playable_video(run, tmp_path):
     assert probe_video(tmp_path / "train.mp4").num_frames == 10
 
 
-def test_resume_continues_bit_for_bit(tissue, tmp_path, monkeypatch):
+@pytest.mark.parametrize("deformation", ["hexplane", "basis"])
+def test_resume_continues_bit_for_bit(tissue, tmp_path, monkeypatch, deformation):
+    settings = dict(TINY, deformation=deformation)
     straight = tmp_path / "straight"
-    reconstruct(ReconstructConfig(input=tissue, out=straight, **TINY))
+    reconstruct(ReconstructConfig(input=tissue, out=straight, **settings))
+    assert json.loads((straight / "metrics.json").read_text())["num_gaussians"] != 3000  # densification ran
 
     interrupted = tmp_path / "interrupted"
     original = train_module.Trainer.train_step
@@ -98,13 +103,13 @@ def test_resume_continues_bit_for_bit(tissue, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module.Trainer, "train_step", crash_at_50)
     with pytest.raises(KeyboardInterrupt):
-        reconstruct(ReconstructConfig(input=tissue, out=interrupted, **TINY))
+        reconstruct(ReconstructConfig(input=tissue, out=interrupted, **settings))
     monkeypatch.setattr(train_module.Trainer, "train_step", original)
     assert not interrupted.exists()
     state = torch.load(tmp_path / ".interrupted.partial" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 40  # the last checkpoint before the interruption
 
-    reconstruct(ReconstructConfig(input=tissue, out=interrupted, resume=True, **TINY))
+    reconstruct(ReconstructConfig(input=tissue, out=interrupted, resume=True, **settings))
     a = torch.load(straight / "checkpoint.pt", weights_only=False)["splats"]
     b = torch.load(interrupted / "checkpoint.pt", weights_only=False)["splats"]
     assert a.keys() == b.keys()
@@ -137,4 +142,6 @@ def test_bad_input_exits_2_with_one_line(tissue, tmp_path, capsys):
     (one / "meta.json").write_text(json.dumps(meta))
     fails(["reconstruct", str(one), "--out", str(tmp_path / "r")], "one frame")
     fails(["render", str(tmp_path / "nowhere"), "--out", str(tmp_path / "v.mp4")], "checkpoint.pt")
+    fails(["reconstruct", str(tissue), "--out", str(tmp_path / "r"), "--hexplane.resolution", "1"], "resolution")
+    fails(["reconstruct", str(tissue), "--out", str(tmp_path / "r"), "--densify.refine-every", "0"], "refine_every")
     assert not (tmp_path / "r").exists() and not (tmp_path / ".r.partial").exists()
