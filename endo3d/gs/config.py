@@ -40,12 +40,13 @@ class DensifyConfig:
     prune_scale3d: float = 0.1
     """Gaussians larger than this share of the scene scale are removed (after the first reset)."""
     max_gaussians: int = 0
-    """Growth stops at this many Gaussians (0: 40 000 on CPU, 400 000 on CUDA)."""
+    """Growth stops at this many Gaussians (0: 20 000 on CPU, 400 000 on CUDA)."""
 
 
 @dataclass(frozen=True)
 class LearningRates:
-    """Adam learning rates (EndoGaussian's; positions and fields decay exponentially to 1 %)."""
+    """Adam learning rates (EndoGaussian's, except the HexPlane field's: x3, so that the short CPU schedule
+    registers the motion; positions and fields decay exponentially to 1 %)."""
 
     means: float = 1.6e-4
     """Positions, times the scene scale in mm."""
@@ -54,9 +55,9 @@ class LearningRates:
     opacities: float = 5e-2
     sh0: float = 2.5e-3
     shN: float = 2.5e-3 / 20
-    deform_mlp: float = 1.6e-4
+    deform_mlp: float = 5e-4
     """Decoder of the HexPlane field."""
-    deform_grid: float = 1.6e-3
+    deform_grid: float = 5e-3
     """Planes of the HexPlane field."""
     deform_basis: float = 1.6e-3
     """Per-Gaussian temporal basis parameters (Deform3DGS)."""

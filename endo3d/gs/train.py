@@ -57,7 +57,7 @@ class Schedule:
 
 
 # Sized so that the default run on a 64-frame 160x128 sequence takes minutes on a 2-core CPU
-CPU_DEFAULTS = dict(coarse=300, fine=2500, init_points=12_000, max_gaussians=30_000)
+CPU_DEFAULTS = dict(coarse=300, fine=2200, init_points=12_000, max_gaussians=20_000)
 CUDA_DEFAULTS = dict(coarse=1000, fine=3000, init_points=30_000, max_gaussians=400_000)
 
 
