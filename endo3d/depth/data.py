@@ -292,12 +292,13 @@ def simcol_pose_to_c2w(positions_cm: np.ndarray, quaternions_xyzw: np.ndarray) -
     right-handed, and turns the camera's +y up into +y down: x right, y down,
     z forward is OpenCV's camera frame. Positions are scaled cm -> mm.
     """
-    from scipy.spatial.transform import Rotation
+    from endo3d.geometry import quaternion_to_matrix
 
     pos = np.asarray(positions_cm, dtype=np.float64).reshape(-1, 3) * 10.0
     q = np.asarray(quaternions_xyzw, dtype=np.float64).reshape(-1, 4)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
     T = np.tile(np.eye(4), (len(pos), 1, 1))
-    T[:, :3, :3] = Rotation.from_quat(q).as_matrix()
+    T[:, :3, :3] = quaternion_to_matrix(torch.from_numpy(q[:, [3, 0, 1, 2]])).numpy()  # xyzw -> wxyz
     T[:, :3, 3] = pos
     return _FLIP_Y @ T @ _FLIP_Y
 
