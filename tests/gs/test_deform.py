@@ -99,7 +99,8 @@ def test_presets() -> None:
     assert eg.problems() == [] and HexPlaneConfig().problems() == [] and BasisConfig().problems() == []
     field = make_field(HexPlaneConfig(), AABB)
     assert field.trunk[0].in_features == 16 and field.trunk[0].out_features == 32
-    assert field.plane(1, "xt").shape == (32, 64, 8) and field.plane(0, "xy").shape == (32, 32, 8)
+    # (time, x, features) at scale 2: 64 time samples by 64 spatial ones; (y, x, features) at scale 1
+    assert field.plane(1, "xt").shape == (64, 64, 8) and field.plane(0, "xy").shape == (32, 32, 8)
 
 
 def test_shapes_and_disabled_heads() -> None:
