@@ -1,8 +1,9 @@
 """``endo3d``: one entry point, one subcommand per job.
 
 Subcommands are named in :data:`COMMANDS`; a name with a space (``"depth
-train"``) is a subcommand of a group (``endo3d depth train``). Each is a typed config dataclass (tyro turns its fields and
-docstrings into flags and ``--help``) and a runner that is imported only
+train"``) is a subcommand of a group (``endo3d depth train``). Each is a
+typed config dataclass (tyro turns its fields and docstrings into flags and
+``--help``) and a runner that is imported only
 when the subcommand runs, so ``--help`` does not load torch. A user-facing
 problem (:class:`~endo3d.core.errors.Endo3dError`) prints one line and exits
 with status 2.
@@ -86,9 +87,9 @@ COMMANDS: dict[str, tuple[type, Callable]] = {
 }
 
 GROUPS: dict[str, str] = {
-    "pbr": "material and lighting estimation with physically based rendering; photorealistic re-rendering",
+    "pbr": "Material and lighting estimation with physically based rendering; photorealistic re-rendering.",
+    "depth": "Self-supervised depth, pose and intrinsics with a LoRA-adapted foundation model.",
 }
-GROUPS["depth"] = "Self-supervised depth, pose and intrinsics with a LoRA-adapted foundation model."
 """One-line descriptions of the command groups (the first word of a two-word command)."""
 
 

@@ -27,6 +27,8 @@ first training frame, which fixes the exposure-intensity gauge. See
 
 from __future__ import annotations
 
+import abc
+
 from typing import Sequence
 
 import numpy as np
@@ -112,16 +114,16 @@ def scatter_images(values: Sequence[torch.Tensor], frames: Sequence[FrameBuffers
     return torch.stack(images)
 
 
-class _ImageModel(nn.Module):
+class _ImageModel(nn.Module, abc.ABC):
     """Shared rendering: per-frame radiance at hit pixels, then the camera response."""
 
     response: Response
 
     field: MaterialField
 
+    @abc.abstractmethod
     def radiance(self, frame: FrameBuffers, raw: torch.Tensor | None = None) -> torch.Tensor:
         """``(n, 3)`` linear radiance at the frame's hit pixels; ``raw`` = ``field(points_world)`` if given."""
-        raise NotImplementedError
 
     def render(self, frames: Sequence[FrameBuffers], height: int, width: int, K: torch.Tensor,
                raw: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
