@@ -1,7 +1,6 @@
 """Settings of the deformation fields (:mod:`endo3d.gs.deform`).
 
-This module imports nothing from torch or ``endo3d.core`` (whose package
-imports torch), so ``endo3d --help`` stays fast.
+This module imports no torch, so ``endo3d --help`` stays fast.
 
 Why the :class:`HexPlaneConfig` defaults: they are sized for a CPU
 reconstruction at 160x128 with 10k-40k Gaussians and ~64 frames. 8 features
@@ -20,11 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from endo3d.core.config import positive
+
 __all__ = ["BasisConfig", "HexPlaneConfig"]
-
-
-def _positive(config: object, *names: str) -> list[str]:
-    return [f"{name} must be > 0, got {getattr(config, name)}" for name in names if not getattr(config, name) > 0]
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,7 @@ class HexPlaneConfig:
 
     def problems(self) -> list[str]:
         """What is wrong with these settings (empty when they are usable)."""
-        out = _positive(self, "features", "width", "trunk_layers")
+        out = positive(self, "features", "width", "trunk_layers")
         out += [f"{name} must be at least 2, got {getattr(self, name)}"
                 for name in ("resolution", "time_resolution") if getattr(self, name) < 2]
         if not self.scales or min(self.scales) < 1:
@@ -100,4 +97,4 @@ class BasisConfig:
 
     def problems(self) -> list[str]:
         """What is wrong with these settings (empty when they are usable)."""
-        return _positive(self, "num_basis", "init_width")
+        return positive(self, "num_basis", "init_width")

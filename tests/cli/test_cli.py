@@ -54,3 +54,13 @@ def test_console_script_help_and_usage_errors():
         assert flag in help_text.stdout
     missing = subprocess.run([sys.executable, "-m", "endo3d", "simulate"], capture_output=True, text=True)
     assert missing.returncode == 2
+
+
+def test_help_does_not_import_torch():
+    """Every subcommand's config is built for --help without loading torch (the runners load it)."""
+    import subprocess
+    import sys
+
+    code = "import sys, endo3d.cli.main; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
