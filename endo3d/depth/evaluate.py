@@ -241,7 +241,7 @@ def evaluate(config) -> tuple[dict[str, Any], Path]:
     from endo3d.core.errors import InputError
     from endo3d.depth.data import open_sequences
     from endo3d.depth.run import load_run
-    from endo3d.depth.train import pick_device
+    from endo3d.core.device import resolve_device
 
     if config.frame_step < 1:
         raise InputError("--frame-step", f"must be >= 1, got {config.frame_step}")
@@ -250,7 +250,7 @@ def evaluate(config) -> tuple[dict[str, Any], Path]:
     if not any(s.has_depth for s in sequences) and loaded.pose is None:
         raise InputError(sequences[0].source, "no ground-truth depth to evaluate against")
     result = evaluate_sequences(loaded, sequences, cap_mm=config.max_depth_mm, min_mm=config.min_depth_mm,
-                                median_scaling=config.median_scaling, device=pick_device(config.device),
+                                median_scaling=config.median_scaling, device=resolve_device(config.device),
                                 progress=config.progress)
     result["checkpoint"] = str(config.checkpoint)
     out = Path(config.out) if config.out is not None else Path(config.checkpoint) / "eval.json"

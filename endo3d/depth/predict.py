@@ -47,12 +47,13 @@ def predict(config: DepthPredictConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     from endo3d.depth.data import open_sequences
-    from endo3d.depth.train import pick_device, resize_image
+    from endo3d.core.device import resolve_device
+    from endo3d.depth.train import resize_image
     from endo3d.io import VideoWriter, write_png
 
     config.check()
     sequences = open_sequences(config.input, frame_step=config.frame_step)
-    device = pick_device(config.device)
+    device = resolve_device(config.device)
     if config.checkpoint is not None:
         from endo3d.depth.run import load_run
 

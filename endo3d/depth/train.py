@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from endo3d.core.config import to_dict
+from endo3d.core.device import resolve_device
 from endo3d.core.errors import InputError
 from endo3d.core.fs import resumable_output_dir
 from endo3d.depth import losses
@@ -43,7 +44,7 @@ from endo3d.depth.run import (
     ADAPTER_FILE, BASE_FILE, HEADS_FILE, POSE_FILE, RUN_JSON, base_state_dict, load_run, save_tensors,
 )
 
-__all__ = ["Batch", "FrameStore", "TrainResult", "TrainingPaused", "build_models", "pick_device", "resize_intrinsics",
+__all__ = ["Batch", "FrameStore", "TrainResult", "TrainingPaused", "build_models", "resize_intrinsics",
            "train"]
 
 CHECKPOINT = "checkpoint.pt"
@@ -55,14 +56,6 @@ _RESUME_FREE = {"resume", "overwrite", "progress", "steps", "checkpoint_every", 
 
 class TrainingPaused(Exception):
     """Raised inside the run folder context to leave the staging folder for ``--resume`` (``stop_after``)."""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device", "cuda requested but no CUDA GPU is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def resize_intrinsics(K: np.ndarray, size: tuple[int, int], new_size: tuple[int, int]) -> np.ndarray:
@@ -331,7 +324,7 @@ def train(config: DepthTrainConfig | DepthFinetuneConfig, *, stop_after: int | N
     samples = training_samples(sequences, self_supervised=self_supervised)
     network = config.network()
     store = FrameStore(sequences, (network.height, network.width), need_depth=not self_supervised)
-    device = pick_device(config.device)
+    device = resolve_device(config.device)
 
     started = time.perf_counter()
     try:

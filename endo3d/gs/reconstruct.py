@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from endo3d.core.config import to_dict
@@ -30,8 +31,9 @@ from endo3d.gs.config import ReconstructConfig
 from endo3d.gs.data import FrameSet, load_frames
 from endo3d.gs.metrics import ImageMetrics, image_metrics, load_lpips, mean_metrics
 from endo3d.gs.model import DeformableGaussians
-from endo3d.gs.train import CHECKPOINT, Trainer, resolve_device
-from endo3d.io import encode_depth, write_png, write_rgb
+from endo3d.core.device import resolve_device
+from endo3d.gs.train import CHECKPOINT, Trainer
+from endo3d.io import encode_depth, rgb_to_uint8, write_png, write_rgb
 
 RENDER_DEPTH_SCALE_MM = 0.01
 """Depth renders are stored like dataset depth: uint16, depth_mm = value * 0.01."""
@@ -45,9 +47,9 @@ class ReconstructResult:
     metrics: dict[str, Any]
 
 
-def quantise(rgb: torch.Tensor) -> torch.Tensor:
-    """Round ``(3, H, W)`` [0, 1] to the 8-bit grid that a PNG stores."""
-    return torch.round(rgb.clamp(0, 1) * 255) / 255
+def quantise(rgb: torch.Tensor) -> np.ndarray:
+    """``(3, H, W)`` [0, 1] as the uint8 ``(H, W, 3)`` image that ``renders/`` stores (:func:`rgb_to_uint8`)."""
+    return rgb_to_uint8(rgb.cpu())
 
 
 def choose_backend(name: str, device: torch.device) -> str:
@@ -79,7 +81,8 @@ def evaluate(model: DeformableGaussians, frames: FrameSet, out: Path | None, bac
     for i in frames.test:
         r = model.render(frames.c2w[i], frames.K[i], frames.width, frames.height, frames.t[i],
                          background=background, backend=backend)
-        rgb = quantise(r.rgb)
+        stored = quantise(r.rgb)
+        rgb = torch.from_numpy(stored).to(r.rgb).permute(2, 0, 1) / 255
         depth = r.depth * (r.alpha > 0.5)
         target_depth = frames.gt_depth[i] if frames.gt_depth is not None else None
         m = image_metrics(rgb, frames.rgb[i], frames.valid[i], depth=depth, target_depth=target_depth,
@@ -88,7 +91,7 @@ def evaluate(model: DeformableGaussians, frames: FrameSet, out: Path | None, bac
         rows.append({"index": int(frames.index[i]), **dataclasses.asdict(m)})
         if out is not None:
             name = f"{int(frames.index[i]):06d}.png"
-            write_rgb(out / "renders" / name, rgb.cpu().numpy())
+            write_rgb(out / "renders" / name, stored)
             write_png(out / "renders" / "depth" / name,
                       encode_depth(depth[0].cpu().numpy(), RENDER_DEPTH_SCALE_MM))
     return mean_metrics(per_frame), rows, lpips_note

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from endo3d.core.config import to_dict
-from endo3d.core.errors import Endo3dError, InputError
+from endo3d.core.errors import InputError
 from endo3d.gs.config import ReconstructConfig
 from endo3d.gs.data import FrameSet
 from endo3d.gs.deform import make_field
@@ -59,13 +59,6 @@ class Schedule:
 # Sized so that the default run on a 64-frame 160x128 sequence takes minutes on a 2-core CPU
 CPU_DEFAULTS = dict(coarse=300, fine=2200, init_points=12_000, max_gaussians=20_000)
 CUDA_DEFAULTS = dict(coarse=1000, fine=3000, init_points=30_000, max_gaussians=400_000)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available; asking for CUDA without one is an error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise Endo3dError("--device cuda: no CUDA GPU is available (use --device cpu)")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def resolve_schedule(config: ReconstructConfig, frames: FrameSet, device: torch.device) -> Schedule:

@@ -27,7 +27,8 @@ import torch
 from endo3d.core.errors import InputError
 from endo3d.geometry import axis_angle_to_matrix, interpolate_pose
 from endo3d.gs.config import RenderConfig
-from endo3d.gs.train import CHECKPOINT, load_model, resolve_device
+from endo3d.core.device import resolve_device
+from endo3d.gs.train import CHECKPOINT, load_model
 from endo3d.io import VideoWriter
 from endo3d.viz import depth_to_rgb
 
