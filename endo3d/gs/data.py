@@ -135,7 +135,7 @@ def _read_depth_dir(folder: Path, frames: list) -> torch.Tensor:
     for f in frames:
         file = folder / f"{f.index:06d}.npy"
         if not file.is_file():
-            raise InputError(file, f"missing (one depth map per frame, named by frame index)")
+            raise InputError(file, "missing (one depth map per frame, named by frame index)")
         try:
             d = np.load(file, allow_pickle=False)
         except (OSError, ValueError) as e:
