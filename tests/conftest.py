@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from endo3d.sim.config import SimulateConfig
-from endo3d.sim.simulate import simulate
 
 
 def make_dataset(root: Path, scene: str, **kwargs) -> Path:
     settings = dict(frames=6, width=96, height=80, workers=1, preview=False)
     settings.update(kwargs)
     out = root / scene.replace("/", "_").replace(".", "_")
+    from endo3d.sim.simulate import simulate  # open3d: imported only by tests that simulate
+
     simulate(SimulateConfig(scene=scene, out=out, **settings), progress=False)
     return out
 

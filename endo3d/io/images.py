@@ -199,8 +199,31 @@ def _without_colour_chunks(data: bytes) -> bytes:
     return b"".join(out)
 
 
+def _pillow_read(path: Path) -> np.ndarray | None:
+    """Pillow's decoding, for machines without open3d (e.g. a GPU image): values as stored, ``(H, W, C)``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.mode == "P":
+                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+            elif image.mode in ("1", "L") or image.mode.startswith("I"):
+                image = image.convert("L") if image.mode == "1" else image
+            array = np.array(image)
+    except (OSError, ValueError):
+        return None
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype.kind in "iu" and array.dtype != np.uint8:
+        array = array.astype(np.uint16)
+    return array[..., None] if array.ndim == 2 else array
+
+
 def _open3d_read(path: Path) -> np.ndarray | None:
-    o3d = _open3d()
+    try:
+        o3d = _open3d()
+    except ImportError:
+        return _pillow_read(path)
     with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
         image = o3d.t.io.read_image(str(path))
     if image.is_empty():

@@ -13,14 +13,23 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
 
-import av
 import numpy as np
 
 from endo3d.core.errors import InputError
 from endo3d.core.fs import current_umask
 from endo3d.io.images import _as_numpy
 
-_FFMPEG_ERRORS = (av.error.FFmpegError, UnicodeDecodeError)
+
+
+def _av() -> Any:
+    """PyAV, imported on first use so that ``endo3d.io`` loads without FFmpeg's libraries."""
+    import av
+
+    return av
+
+
+def _ffmpeg_errors() -> tuple[type[Exception], ...]:
+    return (_av().error.FFmpegError, UnicodeDecodeError)
 
 # A frame is kept when its time is >= start_s - _TIME_EPS, so that a start
 # written as a decimal (0.28) matches a timestamp computed as pts * time_base.
@@ -74,8 +83,8 @@ def _open_video(path: Path) -> tuple[Any, Any]:
     if not path.is_file():
         raise InputError(path, "is not a file")
     try:
-        container = av.open(str(path))
-    except _FFMPEG_ERRORS as e:
+        container = _av().open(str(path))
+    except _ffmpeg_errors() as e:
         raise InputError(path, f"not a readable video ({_reason(e)})") from None
     if not container.streams.video:
         container.close()
@@ -109,7 +118,7 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
         else:
             duration = num_frames / fps
         return VideoInfo(path, stream.width, stream.height, fps, int(num_frames), duration)
-    except _FFMPEG_ERRORS as e:
+    except _ffmpeg_errors() as e:
         raise InputError(path, f"not a readable video ({_reason(e)})") from None
     finally:
         container.close()
@@ -179,7 +188,7 @@ def _decode(path: Path, container: Any, stream: Any, fps: float, start_s: float,
                 yielded += 1
                 if yielded == max_frames:
                     return
-    except _FFMPEG_ERRORS as e:
+    except _ffmpeg_errors() as e:
         raise InputError(path, f"decoding failed ({_reason(e)})") from None
     finally:
         container.close()
@@ -188,8 +197,8 @@ def _decode(path: Path, container: Any, stream: Any, fps: float, start_s: float,
 def _encoder() -> str:
     """``"libx264"`` when this FFmpeg build has it, else ``"mpeg4"``."""
     try:
-        av.codec.Codec("libx264", "w")
-    except av.codec.codec.UnknownCodecError:
+        _av().codec.Codec("libx264", "w")
+    except _av().codec.codec.UnknownCodecError:
         return "mpeg4"
     return "libx264"
 
@@ -234,8 +243,8 @@ class VideoWriter:
         self._tmp = Path(name)
         self._tmp.chmod(0o666 & ~current_umask())  # mkstemp makes 0600
         try:
-            self._container = av.open(name, "w")
-        except (ValueError, *_FFMPEG_ERRORS) as e:
+            self._container = _av().open(name, "w")
+        except (ValueError, *_ffmpeg_errors()) as e:
             self._tmp.unlink()
             raise InputError(self.path, f"cannot write a video with this suffix ({_reason(e)})") from None
         return self
@@ -265,7 +274,7 @@ class VideoWriter:
             raise ValueError(f"frame {self.num_frames} is {a.shape[1]}x{a.shape[0]}, "
                              f"earlier frames are {self._shape[1]}x{self._shape[0]}")
         a = np.pad(a, ((0, a.shape[0] % 2), (0, a.shape[1] % 2), (0, 0)), mode="edge")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format="rgb24")
+        frame = _av().VideoFrame.from_ndarray(np.ascontiguousarray(a), format="rgb24")
         frame.pts = self.num_frames
         frame.time_base = 1 / self.rate
         self._container.mux(self._stream.encode(frame))

@@ -213,3 +213,23 @@ def test_read_rgb_accepts_grey_and_rgba(tmp_path):
     rgba = np.dstack([np.full((H, W, 3), 200, np.uint8), np.zeros((H, W), np.uint8)])
     write_png(tmp_path / "a.png", rgba)
     np.testing.assert_allclose(read_rgb(tmp_path / "a.png"), 200 / 255.0, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype, channels", [(np.uint8, 1), (np.uint8, 3), (np.uint8, 4), (np.uint16, 1)])
+def test_png_reads_the_same_without_open3d(tmp_path, monkeypatch, dtype, channels):
+    """Without open3d (GPU images lack it) Pillow decodes, with the same values and shapes."""
+    import endo3d.io.images as images_module
+
+    pytest.importorskip("PIL")
+    rng = np.random.default_rng(channels)
+    a = rng.integers(0, np.iinfo(dtype).max, size=(9, 13, channels) if channels > 1 else (9, 13), dtype=dtype)
+    write_png(tmp_path / "a.png", a)
+    with_open3d = read_png(tmp_path / "a.png")
+
+    def no_open3d():
+        raise ImportError("No module named 'open3d'")
+
+    monkeypatch.setattr(images_module, "_open3d", no_open3d)
+    without = read_png(tmp_path / "a.png")
+    assert without.dtype == with_open3d.dtype and np.array_equal(without, with_open3d)
+    assert np.array_equal(without, a)
