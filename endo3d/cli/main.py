@@ -16,6 +16,7 @@ from typing import Annotated, Any, Callable, Sequence, Union
 
 from endo3d.depth.config import DepthEvalConfig, DepthFinetuneConfig, DepthPredictConfig, DepthTrainConfig
 from endo3d.gs.config import ReconstructConfig, RenderConfig
+from endo3d.kernels.config import KernelsBuildConfig, KernelsStatusConfig
 from endo3d.pbr.config import PbrFitConfig, PbrRenderConfig
 from endo3d.sim.config import SimulateConfig
 
@@ -74,6 +75,18 @@ def _pbr_render(config: PbrRenderConfig) -> None:
     run_render(config)
 
 
+def _kernels_build(config: KernelsBuildConfig) -> None:
+    from endo3d.kernels.build import build_command
+
+    build_command(config.verbose)
+
+
+def _kernels_status(config: KernelsStatusConfig) -> None:
+    from endo3d.kernels.build import status_command
+
+    status_command(config.build)
+
+
 COMMANDS: dict[str, tuple[type, Callable]] = {
     "simulate": (SimulateConfig, _simulate),
     "reconstruct": (ReconstructConfig, _reconstruct),
@@ -84,11 +97,14 @@ COMMANDS: dict[str, tuple[type, Callable]] = {
     "depth finetune": (DepthFinetuneConfig, _depth_finetune),
     "depth eval": (DepthEvalConfig, _depth_eval),
     "depth predict": (DepthPredictConfig, _depth_predict),
+    "kernels build": (KernelsBuildConfig, _kernels_build),
+    "kernels status": (KernelsStatusConfig, _kernels_status),
 }
 
 GROUPS: dict[str, str] = {
     "pbr": "Material and lighting estimation with physically based rendering; photorealistic re-rendering.",
     "depth": "Self-supervised depth, pose and intrinsics with a LoRA-adapted foundation model.",
+    "kernels": "The CUDA kernels of the hot paths: build them ahead of time, or see which path runs.",
 }
 """One-line descriptions of the command groups (the first word of a two-word command)."""
 
