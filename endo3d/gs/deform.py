@@ -33,6 +33,7 @@ from torch import nn
 
 from endo3d.core import check_shape
 from endo3d.gs.deform_config import BasisConfig, HexPlaneConfig
+from endo3d.kernels.hexplane import bilinear_lookup, hexplane_features
 
 __all__ = [
     "BASIS_KEYS",
@@ -161,107 +162,6 @@ def normalise_to_box(points: torch.Tensor, aabb: torch.Tensor) -> torch.Tensor:
     return ((points - aabb[0]) / (aabb[1] - aabb[0])).clamp(0, 1)
 
 
-class _Bilinear(torch.autograd.Function):
-    """Bilinear interpolation in cells given by their first row ``base`` and fractions ``fu``, ``fv``.
-
-    ``out[b] = (1-fu)(1-fv) T[k] + fu (1-fv) T[k+1] + (1-fu) fv T[k+W] + fu fv T[k+W+1]``
-    with ``k = base[b]`` and ``T = table``. Written as a custom function so
-    that every pass over the ``B x 4 x F`` corner data is one fast kernel:
-
-    - forward: ``F.embedding_bag`` with the 4 weights per bag;
-    - ``d out / d fu = (1-fv) (T[k+1] - T[k]) + fv (T[k+W+1] - T[k+W])``, a
-      linear interpolation in the table of differences along ``u``, and
-      likewise for ``fv``: two 2-row ``embedding_bag`` calls;
-    - the table's gradient is scattered feature-first: contributions as
-      ``(F, 4B)`` rows, one ``index_add_`` (long contiguous rows instead of
-      ``4B`` rows of ``F``, which is what autograd of a gather would scatter).
-    """
-
-    @staticmethod
-    def forward(ctx, table: torch.Tensor, base: torch.Tensor, fu: torch.Tensor, fv: torch.Tensor,
-                row_stride: int) -> torch.Tensor:
-        ctx.save_for_backward(table, base, fu, fv)
-        ctx.row_stride = row_stride
-        weights = torch.stack([(1 - fu) * (1 - fv), fu * (1 - fv), (1 - fu) * fv, fu * fv], 1)
-        return F.embedding_bag(_corners(base, row_stride), table, per_sample_weights=weights, mode="sum")
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        table, base, fu, fv = ctx.saved_tensors
-        w = ctx.row_stride
-        grad_table = grad_fu = grad_fv = None
-        if ctx.needs_input_grad[0]:
-            rows, features = table.shape
-            weights = torch.stack([(1 - fu) * (1 - fv), fu * (1 - fv), (1 - fu) * fv, fu * fv])  # (4, B)
-            contrib = grad.T.contiguous()[:, None, :] * weights  # (F, 4, B)
-            index = torch.cat([base, base + 1, base + w, base + w + 1])
-            grad_table = table.new_zeros(features, rows).index_add_(1, index, contrib.flatten(1)).T
-        if ctx.needs_input_grad[2]:
-            du = table[1:] - table[:-1]  # du[k] = T[k+1] - T[k]
-            along_u = F.embedding_bag(torch.stack([base, base + w], 1), du,
-                                      per_sample_weights=torch.stack([1 - fv, fv], 1), mode="sum")
-            grad_fu = (along_u * grad).sum(1)
-        if ctx.needs_input_grad[3]:
-            dv = table[w:] - table[:-w]  # dv[k] = T[k+W] - T[k]
-            along_v = F.embedding_bag(torch.stack([base, base + 1], 1), dv,
-                                      per_sample_weights=torch.stack([1 - fu, fu], 1), mode="sum")
-            grad_fv = (along_v * grad).sum(1)
-        return grad_table, None, grad_fu, grad_fv, None
-
-
-def _corners(base: torch.Tensor, row_stride: int) -> torch.Tensor:
-    """Rows of a cell's 4 corners ``base + (0, 1, W, W + 1)``, :math:`(B, 4)`."""
-    return base[:, None] + base.new_tensor([0, 1, row_stride, row_stride + 1])
-
-
-def _axis(u: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cell index ``i`` in [0, size - 2] and fraction ``f`` in [0, 1] of ``u`` in [0, 1] on ``size`` samples.
-
-    Samples sit at ``u = k / (size - 1)`` (``align_corners=True``); ``u = 1`` is
-    the end of the last cell.
-    """
-    p = u * (size - 1)
-    i = p.detach().floor().clamp(0, size - 2)
-    return i.long(), p - i
-
-
-def bilinear_lookup(table: torch.Tensor, coords: torch.Tensor, sizes: tuple[int, ...],
-                    planes: tuple[tuple[int, int, int], ...]) -> torch.Tensor:
-    """Bilinear interpolation in planes stored as rows of one table, all of the same width.
-
-    A plane of height ``H`` and width ``W`` occupies rows ``offset ..
-    offset + H W - 1`` of ``table``, row-major (``plane[v, u] = table[offset +
-    v W + u]``), like a ``(H, W, F)`` tensor. Coordinate ``a`` in [0, 1] runs
-    along ``u`` over ``W`` samples, ``b`` along ``v`` over ``H``, samples at
-    the ends (``F.grid_sample(align_corners=True)`` with ``2 a - 1``); values
-    outside [0, 1] are clamped (``padding_mode="border"``).
-
-    Gradients reach ``table`` and ``coords``.
-
-    Args:
-        table: :math:`(R, F)` plane samples.
-        coords: :math:`(N, D)` coordinates in [0, 1].
-        sizes: samples along each of the ``D`` coordinates; every plane's
-            first coordinate must have the same size ``W``.
-        planes: ``(offset, a, b)`` per plane: first row and the two coordinates.
-
-    Returns:
-        :math:`(N, P, F)` features per point and plane.
-    """
-    n = coords.shape[0]
-    width = sizes[planes[0][1]]
-    if any(sizes[a] != width for _, a, _ in planes):
-        raise ValueError("all planes of one table need the same width")
-    clamped = coords.clamp(0, 1)
-    cells = [_axis(clamped[:, d], size) for d, size in enumerate(sizes)]
-    base = torch.stack([offset + cells[b][0] * width + cells[a][0] for offset, a, b in planes], 1)
-    fa = torch.stack([cells[a][1] for _, a, _ in planes], 1)
-    fb = torch.stack([cells[b][1] for _, _, b in planes], 1)
-    out = _Bilinear.apply(table, base.flatten(), fa.flatten(), fb.flatten(), width)
-    return out.view(n, len(planes), table.shape[1])
-
-
 class HexPlaneField(DeformationField):
     """EndoGaussian's HexPlane field with an MLP decoder.
 
@@ -339,14 +239,7 @@ class HexPlaneField(DeformationField):
     def features(self, points: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The decoder's input :math:`(N, S F)` at canonical ``points`` :math:`(N, 3)` mm, times ``t`` :math:`(N,)`."""
         coords = torch.cat([normalise_to_box(points, self.aabb), t.clamp(0, 1)[:, None]], 1)
-        out = []
-        for table, (sizes, planes) in zip(self.planes, self._layout):
-            per_plane = bilinear_lookup(table, coords, sizes, planes)
-            product = per_plane[:, 0]
-            for p in range(1, len(planes)):
-                product = product * per_plane[:, p]
-            out.append(product)
-        return torch.cat(out, 1)
+        return hexplane_features(list(self.planes), coords, self._layout)
 
     def forward(self, splats: Mapping[str, torch.Tensor], t: float | torch.Tensor) -> Deltas:
         means = splats["means"]
