@@ -35,12 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from endo3d.kernels.shading import shade_points
 from endo3d.pbr.data import FrameBuffers
 from endo3d.pbr.field import MaterialField, material_from_raw, radiance_from_raw
 from endo3d.render.brdf import Material
 from endo3d.render.lights import SpotLight, SpotLights
 from endo3d.render.response import CameraResponse, apply_response, srgb_decode, vignetting_map
-from endo3d.render.shading import shade
 
 __all__ = ["BakedModel", "PbrModel", "Response", "scatter_images"]
 
@@ -179,8 +179,8 @@ class PbrModel(_ImageModel):
         visibility = None
         if frame.visibility is not None:
             visibility = [frame.visibility[:, k:k + 1] for k in range(len(lights))]
-        return shade(frame.points_cam, frame.normals_cam, material, lights, self.log_ambient.exp(),
-                     visibility=visibility)
+        return shade_points(frame.points_cam, frame.normals_cam, material, lights, self.log_ambient.exp(),
+                            visibility=visibility)
 
     @torch.no_grad()
     def scale_light(self, gain: torch.Tensor) -> None:
