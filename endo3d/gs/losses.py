@@ -2,71 +2,18 @@
 
 Every term averages over the pixels of a boolean mask (tissue that is
 observed), so instrument pixels and the field-of-view border neither help
-nor hurt.
+nor hurt. The photometric term and its SSIM live in :mod:`endo3d.kernels.ssim`
+(PyTorch reference and fused CUDA kernel) and are re-exported here.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from endo3d.kernels.ssim import masked_mean, photometric_loss, ssim_map
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` (``(C, H, W)``) over the pixels where ``mask`` (``(1, H, W)``) is True, 0 if none."""
-    m = mask.to(x.dtype).expand_as(x)
-    return (x * m).sum() / m.sum().clamp_min(1)
-
-
-def _gaussian_window(size: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
-    x = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
-    w = torch.exp(-x * x / (2 * sigma * sigma))
-    return w / w.sum()
-
-
-def _blur(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur of ``(N, H, W)`` maps with reflected borders.
-
-    Two 1-D passes as depthwise (grouped) convolutions: on a CPU this is ~5x
-    faster, forward and backward, than treating the maps as a batch of
-    single-channel images.
-    """
-    n, r = x.shape[0], w.numel() // 2
-    x = F.pad(x[None], (r, r, r, r), mode="reflect")
-    x = F.conv2d(x, w.view(1, 1, 1, -1).expand(n, 1, 1, -1), groups=n)
-    return F.conv2d(x, w.view(1, 1, -1, 1).expand(n, 1, -1, 1), groups=n)[0]
-
-
-def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Per-pixel SSIM of two ``(C, H, W)`` images in [0, 1].
-
-    ``SSIM = (2 mu_a mu_b + C1)(2 s_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(s_a^2 + s_b^2 + C2))`` with
-    local statistics under a ``window`` x ``window`` Gaussian (``sigma`` px), ``C1 = 0.01^2``,
-    ``C2 = 0.03^2`` (Wang et al. 2004), borders reflected. The blur is separable, which is
-    what makes it cheap enough for every training step on a CPU.
-    """
-    w = _gaussian_window(window, sigma, a)
-    c = a.shape[0]
-    stats = _blur(torch.cat([a, b, a * a, b * b, a * b]), w)
-    mu_a, mu_b, aa, bb, ab = stats.split(c)
-    var_a, var_b, cov = aa - mu_a ** 2, bb - mu_b ** 2, ab - mu_a * mu_b
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-
-
-def photometric_loss(render: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                     ssim_weight: float) -> torch.Tensor:
-    """``(1 - w) L1 + w (1 - SSIM)`` over the masked pixels (3DGS's loss, masked).
-
-    SSIM needs a neighbourhood: the unmasked pixels of the render are replaced
-    by the target's there so the window terms near the mask border compare
-    only what the mask keeps.
-    """
-    l1 = masked_mean((render - target).abs(), mask)
-    if ssim_weight == 0:
-        return l1
-    filled = torch.where(mask, render, target)
-    dssim = masked_mean(1 - ssim_map(filled, target), mask)
-    return (1 - ssim_weight) * l1 + ssim_weight * dssim
+__all__ = ["inverse_depth_l1", "masked_mean", "pearson_depth_loss", "photometric_loss", "ssim_map",
+           "total_variation"]
 
 
 def inverse_depth_l1(depth: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
