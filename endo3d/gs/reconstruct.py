@@ -158,7 +158,8 @@ def _reconstruct(config: ReconstructConfig) -> ReconstructResult:
         trainer.fit(run, progress=config.progress)
         model = trainer.model.eval()
         means, per_frame, lpips_note = evaluate(model, trainer.frames, run, trainer.background, backend)
-        fps = render_fps(model, trainer.frames, trainer.background, backend)
+        repeats = 5 if device.type == "cuda" else 1
+        fps = render_fps(model, trainer.frames, trainer.background, backend, repeats=repeats)
         model.export_ply(run / "point_cloud.ply", t=0.0)
         write_json(run / "cameras.json", cameras_json(frames))
         metrics = {
