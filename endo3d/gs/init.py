@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from endo3d.geometry import project, unproject
+from endo3d.geometry.se3 import invert_pose
 from endo3d.gs.data import FrameSet
 
 
@@ -62,7 +63,7 @@ def seen_by(frames: FrameSet, i: int, points: torch.Tensor, tolerance_mm: float)
     surface are not explained (they were hidden behind something else).
     """
     assert frames.depth is not None
-    w2c = torch.linalg.inv(frames.c2w[i])
+    w2c = invert_pose(frames.c2w[i])
     cam = points @ w2c[:3, :3].T + w2c[:3, 3]
     z = cam[:, 2]
     uv, _ = project(cam, frames.K[i], None, "pinhole")

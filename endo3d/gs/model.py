@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from endo3d.geometry.se3 import invert_pose
 from endo3d.gs.deform import DeformationField, apply_deltas
 from endo3d.gs.gaussians import write_ply
 from endo3d.gs.rasterize import RenderOutput, rasterize
@@ -68,7 +69,7 @@ class DeformableGaussians(torch.nn.Module):
         dirs = torch.nn.functional.normalize(p["means"].detach() - c2w[:3, 3], dim=-1)
         colors = (eval_sh(degree, sh, dirs) + 0.5).clamp_min(0)
         return rasterize(p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]), colors,
-                         torch.linalg.inv(c2w), K, width, height, background=background, backend=backend)
+                         invert_pose(c2w), K, width, height, background=background, backend=backend)
 
     def export_ply(self, path: str | Path, t: float = 0.0) -> None:
         """Write the Gaussians at time ``t`` as a standard 3DGS PLY."""
