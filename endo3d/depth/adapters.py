@@ -52,6 +52,7 @@ from endo3d.depth.dinov2 import DinoVisionTransformer
 
 __all__ = [
     "ADAPTER_FORMAT",
+    "ChannelLayerNorm",
     "ConvNeck",
     "DVLoRALinear",
     "GatedLoRALinear",
@@ -216,7 +217,7 @@ _MATRICES = ("lora_A", "lora_B")
 _VECTORS = ("lora_u", "lora_v")
 
 
-class _ChannelLayerNorm(nn.Module):
+class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channels of a ``(B, C, H, W)`` map."""
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
@@ -242,11 +243,11 @@ class ConvNeck(nn.Module):
         super().__init__()
         hidden = max(1, dim // reduction)
         self.conv1 = nn.Conv2d(dim, hidden, kernel_size=1, bias=False)
-        self.norm1 = _ChannelLayerNorm(hidden)
+        self.norm1 = ChannelLayerNorm(hidden)
         self.conv2 = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, bias=False)
-        self.norm2 = _ChannelLayerNorm(hidden)
+        self.norm2 = ChannelLayerNorm(hidden)
         self.conv3 = nn.Conv2d(hidden, dim, kernel_size=1, bias=False)
-        self.norm3 = _ChannelLayerNorm(dim)
+        self.norm3 = ChannelLayerNorm(dim)
         for conv in (self.conv1, self.conv2, self.conv3):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # Caffe2 MSRA fill
         nn.init.zeros_(self.norm3.weight)

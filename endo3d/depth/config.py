@@ -19,8 +19,8 @@ import tyro
 
 from endo3d.core.errors import InputError
 
-RUN_FORMAT = "endo3d/depth-run/v1"
-"""``format`` entry of a run folder's ``run.json``."""
+RUN_FORMAT = "endo3d/depth-run/v2"
+"""``format`` entry of a run folder's ``run.json`` (v2: log-depth heads, square-pixel intrinsics option)."""
 
 AdapterKind = Literal["dvlora", "lora", "gated", "none"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -28,12 +28,13 @@ Device = Literal["auto", "cpu", "cuda"]
 
 @dataclass(frozen=True)
 class DepthNetConfig:
-    """The depth network: Depth Anything backbone, adapters, multi-scale disparity heads.
+    """The depth network: Depth Anything backbone, adapters, multi-scale depth heads.
 
-    Depth from a disparity ``d`` in [0, 1] (sigmoid output) is
-    ``1 / (1 / max_depth_mm + (1 / min_depth_mm - 1 / max_depth_mm) d)``
-    (Monodepth2 / EndoDAC). We work in mm: 1..300 mm covers endoscopy
-    (tissue a few mm from the tip up to a distant colon lumen); EndoDAC's
+    Each head's logit ``z`` maps to ``min_depth_mm * (max_depth_mm /
+    min_depth_mm) ** sigmoid(z)`` (log-depth sigmoid, see
+    :mod:`endo3d.depth.network`; EndoDAC uses a sigmoid disparity). We work
+    in mm: 1..300 mm covers endoscopy (tissue a few mm from the tip up to a
+    distant colon lumen) and starts at its geometric centre, 17 mm; EndoDAC's
     0.1..150 would put the far limit at the 150 mm evaluation cap itself.
     """
 
@@ -46,11 +47,11 @@ class DepthNetConfig:
     width: int = 322
     """Network input width, a multiple of 14."""
     min_depth_mm: float = 1.0
-    """Depth at disparity 1."""
+    """Nearest depth the heads can output (logit -> -inf)."""
     max_depth_mm: float = 300.0
-    """Depth at disparity 0."""
+    """Farthest depth the heads can output (logit -> +inf)."""
     scales: int = 4
-    """Disparity heads on the DPT fusion maps (1 to 4, finest first)."""
+    """Depth heads on the DPT fusion maps (1 to 4, finest first)."""
     adapter: AdapterKind = "dvlora"
     """LoRA kind on each block's mlp.fc1 / mlp.fc2 (none: no LoRA)."""
     rank: int = 4
@@ -102,7 +103,7 @@ class TrainSettings:
     max_depth_mm: float = 300.0
     """Farthest depth the network can output."""
     scales: int = 4
-    """Disparity scales supervised (Monodepth2: 4)."""
+    """Depth scales supervised (Monodepth2: 4)."""
     adapter: AdapterKind = "dvlora"
     """LoRA kind (dvlora: EndoDAC; gated: Endo3DAC-style; none)."""
     rank: int = 4
@@ -114,7 +115,7 @@ class TrainSettings:
     full: bool = False
     """Train every backbone weight (full fine-tuning) instead of adapters only."""
     train_head: bool = False
-    """Also train the DPT head (the disparity heads always train)."""
+    """Also train the DPT head (the depth heads always train)."""
     steps: int = 2000
     """Optimiser steps."""
     batch_size: int = 4
@@ -168,10 +169,12 @@ class DepthTrainConfig(TrainSettings):
 
     intrinsics: Literal["learn", "known"] = "learn"
     """learn: the pose net predicts focal length and principal point; known: use the data's K."""
+    square_pixels: bool = True
+    """Learn one focal length for both axes (fx = fy); --no-square-pixels learns fx and fy apart (EndoDAC)."""
     ssim_weight: float = 0.85
     """Photometric loss = w (1 - SSIM) / 2 + (1 - w) L1."""
     smoothness: float = 1e-3
-    """Weight of the edge-aware smoothness of mean-normalised disparity."""
+    """Weight of the edge-aware smoothness of mean-normalised disparity (1 / depth)."""
     automask: bool = True
     """Ignore pixels that an unwarped source explains better (static pixels, Monodepth2)."""
     brightness: bool = True
@@ -179,9 +182,14 @@ class DepthTrainConfig(TrainSettings):
     specular_threshold: float = 0.98
     """Gray level above which a pixel is a specular spot and ignored (1 or more: keep all)."""
     pose_lr: float = 1e-4
-    """Adam learning rate of the pose / intrinsics network."""
+    """Adam learning rate of the pose net (motion, brightness, the per-pair part of the intrinsics)."""
+    intrinsics_lr: float = 1e-2
+    """Adam learning rate of the camera's shared focal length (the focal head's bias; see endo3d.depth.posenet)."""
     pose_width: int = 64
     """Base width of the pose net's ResNet encoder (64: ResNet-18, 11 M parameters)."""
+    pose_warmup: int = 200
+    """First steps that train only the pose / intrinsics net, the depth net frozen: the new pose net's near-zero
+    motion first grows to the scale of the --init / --weights depth instead of the depth shrinking to meet it."""
 
     def check(self) -> None:
         super().check()
@@ -191,6 +199,10 @@ class DepthTrainConfig(TrainSettings):
             raise InputError("settings", f"--smoothness must be >= 0, got {self.smoothness}")
         if not self.pose_width >= 4 or not self.pose_lr > 0:
             raise InputError("settings", f"need --pose-width >= 4 and --pose-lr > 0, got {self.pose_width}, {self.pose_lr}")
+        if not self.intrinsics_lr > 0:
+            raise InputError("settings", f"--intrinsics-lr must be > 0, got {self.intrinsics_lr}")
+        if not 0 <= self.pose_warmup < self.steps:
+            raise InputError("settings", f"--pose-warmup must be in [0, --steps), got {self.pose_warmup}")
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,6 @@ class LossTerms:
 
 
 def view_synthesis_loss(
-    disps: list[torch.Tensor],
     depths: list[torch.Tensor],
     target: torch.Tensor,
     sources: list[torch.Tensor],
@@ -158,17 +157,17 @@ def view_synthesis_loss(
 ) -> LossTerms:
     """Monodepth2's multi-scale self-supervised loss with EndoDAC's brightness correction.
 
-    For every scale ``k`` (disparity upsampled to full resolution) and every
+    For every scale ``k`` (depth upsampled to full resolution) and every
     source ``s``: warp, correct brightness (``a_s warped + b_s``), photometric
     error; invalid warps (outside the source image, behind it, or onto an
     invalid / specular source pixel) get a large error. The per-pixel minimum
     over sources is averaged over pixels that are valid in the target and,
     with ``automask``, where some warped source beats every unwarped one.
-    Smoothness at scale ``k`` is weighted ``smoothness / 2**k``.
+    Smoothness of the disparity ``1 / depth`` at scale ``k`` is weighted
+    ``smoothness / 2**k`` (mean-normalised, so its unit does not matter).
 
     Args:
-        disps: per scale ``(B, 1, H, W)`` disparities (for smoothness).
-        depths: per scale ``(B, 1, H, W)`` depths in mm (for warping).
+        depths: per scale ``(B, 1, H, W)`` depths in mm.
         target: ``(B, 3, H, W)``.
         sources: per source ``(B, 3, H, W)``.
         poses: per source ``T_s_from_t`` ``(B, 4, 4)``.
@@ -183,7 +182,7 @@ def view_synthesis_loss(
     photometric = target.new_zeros(())
     smooth = target.new_zeros(())
     used = target.new_zeros(())
-    for k, (disp, depth) in enumerate(zip(disps, depths)):
+    for k, depth in enumerate(depths):
         errors = []
         for i, (source, T, K) in enumerate(zip(sources, poses, Ks)):
             stack = source if source_valid is None else torch.cat([source, source_valid[i].to(source.dtype)], 1)
@@ -208,9 +207,9 @@ def view_synthesis_loss(
             keep = keep & (best < ident.min(dim=1, keepdim=True).values)
         weight = keep.to(best.dtype)
         photometric = photometric + (best * weight).sum() / weight.sum().clamp_min(1.0)
-        smooth = smooth + smoothness_loss(disp, target) / (2**k)
+        smooth = smooth + smoothness_loss(1.0 / depth, target) / (2**k)
         used = used + weight.mean()
-    n = len(disps)
+    n = len(depths)
     photometric, smooth, used = photometric / n, smooth / n, used / n
     return LossTerms(photometric + smoothness * smooth, photometric.detach(), smooth.detach(), used.detach())
 

@@ -8,15 +8,47 @@ and a per-pair affine brightness change ``(a, b)`` of the source; an
 intrinsics head on the globally pooled encoder features gives ``K``
 (EndoDAC's parameterisation, in pixels of the network input)::
 
-    f  = (softplus(z_f) + FOCAL_FLOOR) * [W, H]
+    f  = (softplus(z_f) + FOCAL_FLOOR) * [W, H]    (square pixels: fx = fy = (softplus(z_f) + FOCAL_FLOOR) W)
     c  = (z_c + 0.5) * [W, H] - 0.5
+    z  = INTRINSICS_SCALE * A x + b + z_0      (x: LayerNorm of the pooled features)
 
 EndoDAC's floor is 0.5, i.e. a horizontal field of view below 90 degrees;
 endoscopes are often wider (our colon camera: 100 degrees, f = 0.42 W), so
-the floor here is 0.1 (up to 157 degrees) and the focal bias starts at
-f = 0.5 W (90 degrees). The ``- 0.5`` moves EndoDAC's pixel-edge convention
-to OpenCV pixel centres (CONVENTIONS.md), so ``z_c = 0`` is the exact image
-centre.
+the floor here is 0.1 (up to 157 degrees). The ``- 0.5`` moves EndoDAC's
+pixel-edge convention to OpenCV pixel centres (CONVENTIONS.md), so
+``z_c = 0`` is the exact image centre.
+
+Square pixels (the default, ``square_pixels=True``): one focal logit sets
+``fx = fy``, as for nearly every endoscope sensor. EndoDAC learns ``fx`` and
+``fy`` apart; on the simulated colon (square pixels) the two drifted apart
+(``fx`` 22 % below the truth, ``fy`` 14 % above after 350 steps, measured)
+while their geometric mean stayed within 5 %: the aspect ratio is the poorly
+observed part, so it is fixed unless asked for.
+
+Initialisation: ``z_0`` starts the focal length at ``FOCAL_START * W``
+pixels (90 degrees horizontally) on both axes; EndoDAC's ``z = 0`` start
+would give ``fx / fy = W / H``, a non-square-pixel guess (for 4:3 images
+one of the two starts 33 % off the other).
+
+Learning rates: the per-pair part ``A x`` is scaled by ``INTRINSICS_SCALE``
+so that Adam's per-weight steps, summed over the pooled channels, keep the
+per-pair variation small; the biases ``b`` (the focal length and principal
+point shared by all pairs) are unscaled. The focal bias
+(:meth:`PoseNet.focal_parameters`) gets its own learning rate
+(``--intrinsics-lr``): with Adam's at most lr-sized steps ``f`` moves by up
+to ``lr * sigmoid(z_f) * W`` pixels a step (0.3 % of ``f`` at lr 1e-2). The
+photometric gradient of ``f`` is weak and noisy, so the steps are a
+fraction of that: with ground-truth depth on the simulated colon (10 fps),
+300 steps at 1e-3 took ``f`` from 19 % to 16 % above the truth, at 1e-2 to
+4 %. The principal point is observed still less well (at 1e-2 it wandered
+8.7 px off at 128 x 96 in ``benchmarks/depth.py`` while ``f`` came within
+1 %), so its bias trains with the pose net at ``--pose-lr``.
+
+The focal length is observable only through camera rotation: a rotation
+``theta`` moves a pixel ``x`` pixels from the centre by
+``f theta (1 + x^2 / f^2)``, while a translation's flow ``f t / Z`` trades
+``f`` against the (free) depth scale. Learn it on video with a turning
+camera.
 """
 
 from __future__ import annotations
@@ -31,17 +63,18 @@ from torch import nn
 from endo3d.core import check_shape
 from endo3d.geometry import axis_angle_to_matrix
 
-__all__ = ["PoseNet", "PoseOutput", "intrinsics_from_raw", "pose_from_raw"]
+__all__ = ["PoseNet", "PoseOutput", "focal_start_logits", "intrinsics_from_raw", "pose_from_raw"]
 
 ROTATION_SCALE = 0.01
 """Radians per unit of the decoder's rotation output (Monodepth2)."""
 FOCAL_FLOOR = 0.1
 """Smallest focal length, in image widths / heights (EndoDAC: 0.5)."""
 FOCAL_START = 0.5
-"""Focal length at initialisation, in image widths / heights (90 degrees field of view)."""
+"""Focal length at initialisation, in image widths, for both axes (90 degrees horizontal field of view)."""
 INTRINSICS_SCALE = 0.01
-"""The intrinsics head's linear outputs are scaled by this (as the motion outputs), so that Adam's
-per-weight steps move ``f`` and ``c`` by a fraction of a pixel, not by pixels, per step."""
+"""Scale of the intrinsics head's input-dependent part ``A x`` (not of its bias): Adam moves each of the
+pooled channels' weights by about the learning rate per step, so unscaled the per-pair focal length
+would jump by pixels per step."""
 
 
 class _BasicBlock(nn.Module):
@@ -107,18 +140,25 @@ def pose_from_raw(raw: torch.Tensor, translation_scale_mm: float) -> torch.Tenso
 
 
 def intrinsics_from_raw(z_focal: torch.Tensor, z_centre: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """EndoDAC intrinsics: ``(B, 2)`` focal and centre logits -> ``(B, 3, 3)`` K in pixels (OpenCV centres).
+    """EndoDAC intrinsics: focal and centre logits -> ``(B, 3, 3)`` K in pixels (OpenCV centres).
 
-    ``f = (softplus(z_f) + FOCAL_FLOOR) * [W, H]``, ``c = (z_c + 0.5) * [W, H] - 0.5``.
+    ``z_focal`` ``(B, 2)``: ``f = (softplus(z_f) + FOCAL_FLOOR) * [W, H]``; ``(B, 1)``: square pixels,
+    ``fx = fy = (softplus(z_f) + FOCAL_FLOOR) * W``. ``z_centre`` ``(B, 2)``: ``c = (z_c + 0.5) * [W, H] - 0.5``.
     """
-    size = torch.tensor([width, height], dtype=z_focal.dtype, device=z_focal.device)
-    f = (F.softplus(z_focal) + FOCAL_FLOOR) * size
-    c = (z_centre + 0.5) * size - 0.5
+    unit = F.softplus(z_focal) + FOCAL_FLOOR
     K = torch.zeros(z_focal.shape[0], 3, 3, dtype=z_focal.dtype, device=z_focal.device)
-    K[:, 0, 0], K[:, 1, 1] = f[:, 0], f[:, 1]
-    K[:, 0, 2], K[:, 1, 2] = c[:, 0], c[:, 1]
+    K[:, 0, 0] = unit[:, 0] * width
+    K[:, 1, 1] = unit[:, 1] * height if z_focal.shape[1] == 2 else K[:, 0, 0]
+    K[:, 0, 2] = (z_centre[:, 0] + 0.5) * width - 0.5
+    K[:, 1, 2] = (z_centre[:, 1] + 0.5) * height - 0.5
     K[:, 2, 2] = 1.0
     return K
+
+
+def focal_start_logits(height: int, width: int, *, square_pixels: bool) -> list[float]:
+    """``z_0``: the focal logits of ``fx = fy = FOCAL_START * width`` pixels, one or two (softplus inverted)."""
+    scale = [FOCAL_START] if square_pixels else [FOCAL_START, FOCAL_START * width / height]
+    return [math.log(math.expm1(s - FOCAL_FLOOR)) for s in scale]
 
 
 class PoseNet(nn.Module):
@@ -127,12 +167,19 @@ class PoseNet(nn.Module):
     Args:
         learn_intrinsics: add the intrinsics head.
         width: encoder base width (64: ResNet-18).
-        translation_scale_mm: mm per unit of the translation output. The
-            decoder starts near 0, so the first steps see small motions;
-            0.1 mm per unit is EndoDAC's x0.001 for scenes ~100 mm deep.
+        translation_scale_mm: mm per unit of the translation output. 1 mm,
+            the order of an endoscope's motion between frames (0.3-2 mm),
+            lets the decoder's O(1) outputs reach it in tens of steps. The
+            decoder starts near 0 (motions of ~0.1 mm). EndoDAC's x0.001
+            relies on the depth network picking whatever scale matches the
+            motion; a depth network fine-tuned in mm (``--init``) has its
+            scale already, and with 0.1 mm per unit the motion lagged 5x
+            behind it after 200 steps (measured), so depth shrank instead.
+        square_pixels: learn one focal length for both axes (else fx and fy, EndoDAC).
     """
 
-    def __init__(self, *, learn_intrinsics: bool = True, width: int = 64, translation_scale_mm: float = 0.1) -> None:
+    def __init__(self, *, learn_intrinsics: bool = True, width: int = 64, translation_scale_mm: float = 1.0,
+                 square_pixels: bool = True) -> None:
         super().__init__()
         self.width = width
         self.encoder = ResNetEncoder(6, width)
@@ -146,13 +193,17 @@ class PoseNet(nn.Module):
         )
         self.learn_intrinsics = learn_intrinsics
         self.translation_scale_mm = float(translation_scale_mm)
+        self.square_pixels = square_pixels
         if learn_intrinsics:
-            self.focal = nn.Linear(c, 2)
+            self.focal = nn.Linear(c, 1 if square_pixels else 2)
             self.centre = nn.Linear(c, 2)
-            for layer in (self.focal, self.centre):  # start at f = FOCAL_START [W, H], c = image centre
+            for layer in (self.focal, self.centre):
                 nn.init.normal_(layer.weight, std=1e-3)
                 nn.init.zeros_(layer.bias)
-        self.focal_offset = math.log(math.expm1(FOCAL_START - FOCAL_FLOOR))  # softplus^-1
+
+    def focal_parameters(self) -> list[nn.Parameter]:
+        """The focal head's bias: the focal length shared by all frame pairs (trained at ``--intrinsics-lr``)."""
+        return [self.focal.bias] if self.learn_intrinsics else []
 
     def forward(self, target: torch.Tensor, source: torch.Tensor) -> PoseOutput:
         """Args: ``target``, ``source``: ``(B, 3, H, W)`` RGB in [0, 1] (same size)."""
@@ -165,7 +216,9 @@ class PoseNet(nn.Module):
         K = None
         if self.learn_intrinsics:
             pooled = F.layer_norm(feats.mean(dim=(2, 3)), (feats.shape[1],))
-            z_f = INTRINSICS_SCALE * self.focal(pooled) + self.focal_offset
-            z_c = INTRINSICS_SCALE * self.centre(pooled)
+            z_f = INTRINSICS_SCALE * F.linear(pooled, self.focal.weight) + self.focal.bias
+            z_c = INTRINSICS_SCALE * F.linear(pooled, self.centre.weight) + self.centre.bias
+            z_0 = focal_start_logits(sizes["H"], sizes["W"], square_pixels=self.square_pixels)
+            z_f = torch.cat([z_f[:, k : k + 1] + v for k, v in enumerate(z_0)], dim=1)
             K = intrinsics_from_raw(z_f, z_c, sizes["H"], sizes["W"])
         return PoseOutput(T, brightness, K)

@@ -6,7 +6,7 @@ A run folder holds::
     base.safetensors      the backbone's base weights, when they did not come from a
                           --weights file (random init, --init of another run, full fine-tuning)
     adapters.safetensors  LoRA / necks (and the DPT head if it trained), endo3d adapter format
-    heads.safetensors     the multi-scale disparity heads
+    heads.safetensors     the multi-scale depth heads
     pose.safetensors      the pose / brightness / intrinsics network (self-supervised runs)
 
 With ``--weights FILE`` the run records the file's path instead of copying
@@ -111,7 +111,7 @@ class LoadedRun:
 def build_pose_net(info: dict[str, Any]) -> PoseNet:
     p = info["pose"]
     return PoseNet(learn_intrinsics=bool(p["learn_intrinsics"]), width=int(p["width"]),
-                   translation_scale_mm=float(p["translation_scale_mm"]))
+                   translation_scale_mm=float(p["translation_scale_mm"]), square_pixels=bool(p["square_pixels"]))
 
 
 def load_run(run: str | os.PathLike[str]) -> LoadedRun:

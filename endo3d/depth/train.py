@@ -8,7 +8,10 @@ Reads top-down:
 2. :func:`build_models` makes the depth network (base weights, adapters,
    what trains) and, self-supervised, the pose / intrinsics network;
 3. each step draws a :class:`Batch` (:meth:`FrameStore.batch`) and computes
-   :func:`self_supervised_step` or :func:`supervised_step`;
+   :func:`self_supervised_step` or :func:`supervised_step`; self-supervised,
+   the first ``pose_warmup`` steps keep the depth network fixed (pose warm-up)
+   and three Adam groups train the depth network (``lr``), the pose net
+   (``pose_lr``) and the camera's shared focal length (``intrinsics_lr``);
 4. checkpoints every ``checkpoint_every`` steps make ``--resume`` continue
    bit-for-bit (model, optimiser and sampler state);
 5. :func:`save_run` writes the run folder (see :mod:`endo3d.depth.run`).
@@ -38,7 +41,7 @@ from endo3d.core.fs import resumable_output_dir
 from endo3d.depth import losses
 from endo3d.depth.config import RUN_FORMAT, DepthFinetuneConfig, DepthTrainConfig, TrainSettings
 from endo3d.depth.data import FrameSequence, open_sequences
-from endo3d.depth.network import DepthNet, build_backbone, disparity_to_depth
+from endo3d.depth.network import DepthNet, build_backbone
 from endo3d.depth.posenet import PoseNet
 from endo3d.depth.run import (
     ADAPTER_FILE, BASE_FILE, HEADS_FILE, POSE_FILE, RUN_JSON, base_state_dict, load_run, save_tensors,
@@ -48,8 +51,8 @@ __all__ = ["Batch", "FrameStore", "TrainResult", "TrainingPaused", "build_models
            "train"]
 
 CHECKPOINT = "checkpoint.pt"
-TRANSLATION_SCALE_MM = 0.1
-"""mm per unit of the pose decoder's translation output."""
+TRANSLATION_SCALE_MM = 1.0
+"""mm per unit of the pose decoder's translation output (see :class:`PoseNet`)."""
 _RESUME_FREE = {"resume", "overwrite", "progress", "steps", "checkpoint_every", "device"}
 """Settings that may change between an interrupted run and its --resume."""
 
@@ -201,9 +204,10 @@ def build_models(config: TrainSettings, device: torch.device) -> tuple[DepthNet,
         net.heads.load_state_dict(init.net.heads.state_dict())
     if isinstance(config, DepthTrainConfig):
         pose = PoseNet(learn_intrinsics=config.intrinsics == "learn", width=config.pose_width,
-                       translation_scale_mm=TRANSLATION_SCALE_MM)
+                       translation_scale_mm=TRANSLATION_SCALE_MM, square_pixels=config.square_pixels)
         if (init is not None and init.pose is not None and init.pose.learn_intrinsics == pose.learn_intrinsics
-                and init.pose.width == pose.width):
+                and init.pose.width == pose.width and init.pose.square_pixels == pose.square_pixels
+                and init.pose.translation_scale_mm == pose.translation_scale_mm):
             pose.load_state_dict(init.pose.state_dict())
     set_trainable(net, full=config.full, train_head=config.train_head)
     net.to(device).train()
@@ -213,7 +217,7 @@ def build_models(config: TrainSettings, device: torch.device) -> tuple[DepthNet,
 
 
 def set_trainable(net: DepthNet, *, full: bool, train_head: bool) -> None:
-    """Full fine-tuning: everything trains. Else: adapters (LoRA, necks), disparity heads, optionally the DPT head."""
+    """Full fine-tuning: everything trains. Else: adapters (LoRA, necks), depth heads, optionally the DPT head."""
     if full:
         for p in net.parameters():
             p.requires_grad_(True)
@@ -233,11 +237,16 @@ def set_trainable(net: DepthNet, *, full: bool, train_head: bool) -> None:
 
 
 def self_supervised_step(
-    net: DepthNet, pose: PoseNet, batch: Batch, config: DepthTrainConfig, noise_gen: torch.Generator
+    net: DepthNet, pose: PoseNet, batch: Batch, config: DepthTrainConfig, noise_gen: torch.Generator,
+    *, train_depth: bool = True,
 ) -> losses.LossTerms:
-    """Predict disparities and the motion to each neighbour, then the view-synthesis loss."""
-    disps = net(batch.target)
-    depths = [disparity_to_depth(d, net.config.min_depth_mm, net.config.max_depth_mm) for d in disps]
+    """Predict depths and the motion to each neighbour, then the view-synthesis loss.
+
+    With ``train_depth=False`` (the pose warm-up) the depth network runs
+    without gradients: only the pose / intrinsics network learns.
+    """
+    with torch.set_grad_enabled(train_depth and torch.is_grad_enabled()):
+        depths = net(batch.target)
     outs = [pose(batch.target, source) for source in batch.sources]
     Ks = [out.K if out.K is not None else batch.K for out in outs]
     valid = batch.valid
@@ -249,7 +258,7 @@ def self_supervised_step(
     b, _, h, w = batch.target.shape
     noise = 1e-5 * torch.randn(b, len(batch.sources), h, w, generator=noise_gen).to(batch.target.device)
     return losses.view_synthesis_loss(
-        disps, depths, batch.target, batch.sources, [o.T for o in outs], Ks,  # type: ignore[arg-type]
+        depths, batch.target, batch.sources, [o.T for o in outs], Ks,  # type: ignore[arg-type]
         brightness=[o.brightness for o in outs] if config.brightness else None,
         target_valid=valid, source_valid=source_valid, ssim_weight=config.ssim_weight,
         smoothness=config.smoothness, automask=config.automask, noise=noise,
@@ -263,15 +272,14 @@ def supervised_step(net: DepthNet, batch: Batch, config: DepthFinetuneConfig) ->
     gt = batch.depth
     valid = batch.valid & (gt > cfg.min_depth_mm) & (gt < cfg.max_depth_mm)
     total = gt.new_zeros(())
-    disps = net(batch.target)
-    for disp in disps:
+    depths = net(batch.target)
+    for depth in depths:
         if config.loss == "ssi":
-            total = total + losses.ssi_loss(disp, gt, valid)
+            total = total + losses.ssi_loss(1.0 / depth, gt, valid)
         else:
-            depth = disparity_to_depth(disp, cfg.min_depth_mm, cfg.max_depth_mm)
             fn = losses.silog_loss if config.loss == "silog" else losses.l1_log_loss
             total = total + fn(depth, gt, valid)
-    return total / len(disps)
+    return total / len(depths)
 
 
 @dataclass
@@ -345,7 +353,12 @@ def train(config: DepthTrainConfig | DepthFinetuneConfig, *, stop_after: int | N
             params = [p for p in net.parameters() if p.requires_grad]
             groups: list[dict[str, Any]] = [{"params": params, "lr": config.lr}]
             if pose is not None:
-                groups.append({"params": list(pose.parameters()), "lr": config.pose_lr})  # type: ignore[union-attr]
+                assert isinstance(config, DepthTrainConfig)
+                focal = pose.focal_parameters()
+                groups.append({"params": [p for p in pose.parameters() if all(p is not q for q in focal)],
+                               "lr": config.pose_lr})
+                if focal:
+                    groups.append({"params": focal, "lr": config.intrinsics_lr})
             optimizer = torch.optim.Adam(groups)
             sampler = torch.Generator().manual_seed(config.seed)
             noise = torch.Generator().manual_seed(config.seed + 1)
@@ -370,7 +383,8 @@ def train(config: DepthTrainConfig | DepthFinetuneConfig, *, stop_after: int | N
                 batch = store.batch(samples, picks, neighbours=self_supervised, device=device)
                 if self_supervised:
                     assert pose is not None and isinstance(config, DepthTrainConfig)
-                    terms = self_supervised_step(net, pose, batch, config, noise)
+                    terms = self_supervised_step(net, pose, batch, config, noise,
+                                                 train_depth=step >= config.pose_warmup)
                     loss = terms.total
                 else:
                     assert isinstance(config, DepthFinetuneConfig)
@@ -428,7 +442,8 @@ def save_run(stage: Path, config: TrainSettings, net: DepthNet, pose: PoseNet | 
         "init": str(config.init) if config.init is not None else None,
         "settings": to_dict(config),
         "pose": None if pose is None else {"learn_intrinsics": pose.learn_intrinsics, "width": pose.width,
-                                           "translation_scale_mm": pose.translation_scale_mm},
+                                           "translation_scale_mm": pose.translation_scale_mm,
+                                           "square_pixels": pose.square_pixels},
         "trainable_parameters": report.trainable,
         "total_parameters": report.total,
         "trainable_share": report.share,

@@ -24,7 +24,8 @@ def _one_line_error(capsys, code: int, match: str) -> None:
 @pytest.fixture(scope="module")
 def cli_run(one_thread, tiny_encoder, rigid_colon, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    code = main(["depth", "train", str(rigid_colon), "--out", str(out), "--steps", "3", "--pose-width", "8", *TINY])
+    code = main(["depth", "train", str(rigid_colon), "--out", str(out), "--steps", "3", "--pose-width", "8", "--pose-warmup", "1",
+                 *TINY])
     assert code == 0
     return out
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from endo3d.depth import losses
-from endo3d.depth.network import depth_to_disparity, disparity_to_depth
+from endo3d.depth.network import DepthHead, depth_to_logit, logit_to_depth
 from endo3d.depth.posenet import FOCAL_FLOOR, FOCAL_START, PoseNet, intrinsics_from_raw, pose_from_raw
 from endo3d.geometry import Camera, axis_angle_to_matrix, reproject
 
@@ -92,24 +92,23 @@ def test_view_synthesis_loss_automask_and_masks():
     target, depth = _render(torch.eye(4, dtype=torch.float64))
     tgt, d = target[None].float(), depth[None, None].float()
     eye = torch.eye(4)[None]
-    disp = [depth_to_disparity(d, 1, 300)]
     Kf = K[None].float()
     # static scene (sources equal the target): every pixel is auto-masked
-    terms = losses.view_synthesis_loss(disp, [d], tgt, [tgt, tgt], [eye, eye], [Kf, Kf])
+    terms = losses.view_synthesis_loss([d], tgt, [tgt, tgt], [eye, eye], [Kf, Kf])
     assert terms.used == 0
     # moving camera, true motion: small loss on used pixels
     T = _motion(0.05, (2.0, -1.0, 3.0))
     src = _render(T)[0][None].float()
-    good = losses.view_synthesis_loss(disp, [d], tgt, [src], [T[None].float()], [Kf], automask=False)
-    bad = losses.view_synthesis_loss(disp, [d], tgt, [src], [_motion(0.05, (6.0, 2.0, 3.0))[None].float()], [Kf],
+    good = losses.view_synthesis_loss([d], tgt, [src], [T[None].float()], [Kf], automask=False)
+    bad = losses.view_synthesis_loss([d], tgt, [src], [_motion(0.05, (6.0, 2.0, 3.0))[None].float()], [Kf],
                                      automask=False)
     assert good.photometric < 0.02 < bad.photometric
     # brightness correction (a, b) undoes a global gain on the source
-    dim = losses.view_synthesis_loss(disp, [d], tgt, [0.8 * src], [T[None].float()], [Kf], automask=False,
+    dim = losses.view_synthesis_loss([d], tgt, [0.8 * src], [T[None].float()], [Kf], automask=False,
                                      brightness=[torch.tensor([[1.25, 0.0]])])
     assert dim.photometric < good.photometric + 1e-3
     # an all-invalid target mask uses nothing
-    none = losses.view_synthesis_loss(disp, [d], tgt, [src], [T[None].float()], [Kf], automask=False,
+    none = losses.view_synthesis_loss([d], tgt, [src], [T[None].float()], [Kf], automask=False,
                                       target_valid=torch.zeros(1, 1, H, W, dtype=torch.bool))
     assert none.used == 0 and none.photometric == 0
 
@@ -135,11 +134,33 @@ def test_supervised_losses():
     torch.testing.assert_close(losses.l1_log_loss(2 * gt, gt, valid), torch.tensor(math.log(2)))
 
 
-def test_disparity_depth_mapping():
-    d = torch.tensor([0.0, 1.0, 0.5])
-    depth = disparity_to_depth(d, 1.0, 300.0)
-    torch.testing.assert_close(depth[:2], torch.tensor([300.0, 1.0]))
-    torch.testing.assert_close(depth_to_disparity(depth, 1.0, 300.0), d)
+def test_log_depth_mapping():
+    z = torch.tensor([-1e3, 1e3, 0.0, 1.3], requires_grad=True)
+    depth = logit_to_depth(z, 1.0, 300.0)
+    torch.testing.assert_close(depth[:3].detach(), torch.tensor([1.0, 300.0, math.sqrt(300.0)]))  # z = 0: geometric centre
+    torch.testing.assert_close(depth_to_logit(depth[2:].detach(), 1.0, 300.0), z[2:].detach())
+    torch.log(depth[2]).backward()
+    torch.testing.assert_close(z.grad[2], torch.tensor(math.log(300.0) / 4))  # the steepest point of the sigmoid
+
+
+def test_depth_head_starts_flat_centred_and_unsaturated():
+    head = DepthHead(16)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 6, 8, generator=g)
+    for scale in (0.01, 1.0, 100.0):  # feature magnitude of a random-init vs a trained decoder: same start
+        z = head(scale * x)
+        assert torch.equal(z, torch.zeros_like(z))
+    # the supervised gradient at init reaches the head and is far from a saturated sigmoid's (measured
+    # failure before the change: logits below -70, gradients ~1e-30)
+    gt = torch.full((2, 1, 6, 8), 90.0)
+    loss = losses.silog_loss(logit_to_depth(head(100.0 * x), 1.0, 300.0), gt, torch.ones_like(gt, dtype=torch.bool))
+    loss.backward()
+    assert head.conv2.bias.grad.abs() > 0.1 and head.conv2.weight.grad.abs().sum() > 0.1
+    # one head step moves the logits by a bounded amount whatever the input scale (LayerNorm first)
+    with torch.no_grad():
+        head.conv2.weight.fill_(0.01)
+        assert head(100.0 * x).abs().max() < 1.0
+        torch.testing.assert_close(head(100.0 * x), head(x), atol=1e-4, rtol=1e-4)
 
 
 def test_intrinsics_parameterisation():
@@ -156,9 +177,28 @@ def test_intrinsics_parameterisation():
     net = PoseNet(width=8)
     x = torch.rand(2, 3, 32, 40)
     out = net(x, x)
+    # square pixels at the start: fx = fy = FOCAL_START * W, principal point at the centre
     torch.testing.assert_close(out.K[:, 0, 0], torch.full((2,), FOCAL_START * 40), atol=0.05, rtol=0)
+    torch.testing.assert_close(out.K[:, 1, 1], torch.full((2,), FOCAL_START * 40), atol=0.05, rtol=0)
+    torch.testing.assert_close(out.K[:, :2, 2], torch.tensor([19.5, 15.5]).expand(2, 2), atol=0.05, rtol=0)
     assert out.T.shape == (2, 4, 4) and out.brightness.shape == (2, 2)
+    # the shared focal bias moves f at full scale, the per-pair part is damped
+    assert net.focal_parameters() == [net.focal.bias] and net.focal.bias.shape == (1,)
+    with torch.no_grad():
+        net.focal.bias.add_(0.1)
+    K = net(x, x).K
+    slope = torch.sigmoid(torch.log(torch.expm1(torch.tensor(FOCAL_START - FOCAL_FLOOR))))  # softplus' at the start
+    torch.testing.assert_close(K[:, 0, 0], torch.full((2,), (FOCAL_START + 0.1 * slope.item()) * 40), atol=0.05, rtol=0)
+    torch.testing.assert_close(K[:, 1, 1], K[:, 0, 0])  # square pixels stay square
+    assert PoseNet(width=8, learn_intrinsics=False).focal_parameters() == []
     assert PoseNet(width=8, learn_intrinsics=False)(x, x).K is None
+    # EndoDAC's separate fx, fy: the same square start, then each axis moves on its own
+    free = PoseNet(width=8, square_pixels=False)
+    torch.testing.assert_close(free(x, x).K, out.K, atol=0.05, rtol=0)
+    with torch.no_grad():
+        free.focal.bias[1] += 0.5
+    K = free(x, x).K
+    assert abs(K[0, 0, 0] - FOCAL_START * 40) < 0.05 and K[0, 1, 1] > FOCAL_START * 40 + 5
 
 
 def test_pose_from_raw():

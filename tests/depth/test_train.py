@@ -18,7 +18,7 @@ TINY = dict(encoder="vitt", height=56, width=70, batch_size=2, progress=False, d
 
 
 def _ss(data, out, **kw) -> DepthTrainConfig:
-    settings = dict(TINY, steps=8, lr=2e-3, pose_lr=1e-3, pose_width=8, checkpoint_every=4)
+    settings = dict(TINY, steps=8, lr=2e-3, pose_lr=1e-3, pose_width=8, checkpoint_every=4, pose_warmup=1)
     settings.update(kw)
     return DepthTrainConfig(data=(data,), out=out, **settings)
 
@@ -54,9 +54,9 @@ def test_frozen_backbone_gets_no_gradient(tiny_encoder, rigid_colon, tmp_path):
     store = FrameStore(seqs, (56, 70), need_depth=False)
     batch = store.batch(training_samples(seqs, self_supervised=True), torch.tensor([0, 3]), neighbours=True,
                         device=torch.device("cpu"))
-    with torch.no_grad():  # B and the necks' last norm start at zero: give them values so every part gets a gradient
-        for name, p in net.named_parameters():
-            if name.endswith("lora_B") or name.endswith("norm3.weight"):
+    with torch.no_grad():  # B, the necks' last norm and the heads' last conv start at zero: give them values so
+        for name, p in net.named_parameters():  # that every part gets a gradient
+            if name.endswith("lora_B") or name.endswith("norm3.weight") or name.endswith("conv2.weight"):
                 p.normal_(0, 0.01)
     self_supervised_step(net, pose, batch, config, torch.Generator().manual_seed(0)).total.backward()
     for name, p in net.named_parameters():
@@ -68,6 +68,28 @@ def test_frozen_backbone_gets_no_gradient(tiny_encoder, rigid_colon, tmp_path):
             assert p.grad is None, name
     assert all(p.grad is not None for p in pose.parameters() if p.requires_grad)
     assert pose.focal.weight.grad.abs().sum() > 0
+    # pose warm-up: the depth net runs without gradients, the pose / intrinsics net learns
+    net.zero_grad(set_to_none=True)
+    pose.zero_grad(set_to_none=True)
+    self_supervised_step(net, pose, batch, config, torch.Generator().manual_seed(0), train_depth=False).total.backward()
+    assert all(p.grad is None for p in net.parameters())
+    assert all(p.grad is not None for p in pose.parameters()) and pose.focal.bias.grad.abs().sum() > 0
+
+
+def test_pose_warmup_freezes_depth_then_trains_it(tiny_encoder, rigid_colon, tmp_path):
+    from endo3d.depth.train import CHECKPOINT, build_models, train
+
+    config = _ss(rigid_colon, tmp_path / "run", steps=5, pose_warmup=3, checkpoint_every=1)
+    net, _, _ = build_models(config, torch.device("cpu"))
+    heads0 = {f"heads.{k}": v for k, v in net.heads.state_dict().items()}
+    for done in (3, 4):  # paused at the end of the warm-up, then one step later
+        assert train(dataclasses.replace(config, resume=done == 4), stop_after=3 if done == 3 else 1) is None
+        state = torch.load(tmp_path / ".run.partial" / CHECKPOINT, weights_only=False)
+        assert state["step"] == done
+        same = all(torch.equal(state["net"][k], v) for k, v in heads0.items())
+        assert same == (done == 3), "the depth heads train after the warm-up only"
+    with pytest.raises(InputError, match="pose-warmup"):
+        train(_ss(rigid_colon, tmp_path / "x", steps=3, pose_warmup=3))
 
 
 def test_base_weights_unchanged_by_training(ss_run):
