@@ -20,6 +20,18 @@ def make_dataset(root: Path, scene: str, **kwargs) -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op torch thread for tests of tiny tensors: on a busy shared 2-core CPU a second thread
+    makes every small op wait for a core (fits of ~1 s take ~20 s)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def dataset_factory():
     """``make_dataset(root, scene, **settings)`` for tests that need their own data."""
     return make_dataset

@@ -29,14 +29,7 @@ SMALL = HexPlaneConfig(features=4, resolution=6, time_resolution=5, scales=(1, 2
                        deform_opacities=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: with a second intra-op thread on a busy shared CPU, every small op
-    waits for a core, and the fits below take ~20 s instead of ~1 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _splats(field, n: int = 40, seed: int = 0) -> torch.nn.ParameterDict:

@@ -19,13 +19,7 @@ PARAMS = ("means", "quats", "scales", "opacities", "colors", "background")
 TOLERANCE = {torch.float32: (2e-4, 3e-5), torch.float64: (1e-9, 1e-10)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Images here are tiny: a second thread only adds overhead, and much of it on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _camera(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

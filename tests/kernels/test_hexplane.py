@@ -24,13 +24,7 @@ OURS = HexPlaneConfig()
 ENDOGAUSSIAN = HexPlaneConfig.endogaussian()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small CPU tensors: a second intra-op thread on a busy shared CPU only waits for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layouts(spatial: tuple[int, ...], times: tuple[int, ...]) -> list[PlaneLayout]:
