@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -310,7 +310,9 @@ def _settings_record(config: TrainSettings) -> dict[str, Any]:
     return {k: v for k, v in to_dict(config).items() if k not in _RESUME_FREE}
 
 
-def train(config: DepthTrainConfig | DepthFinetuneConfig, *, stop_after: int | None = None) -> TrainResult | None:
+def train(config: DepthTrainConfig | DepthFinetuneConfig, *, stop_after: int | None = None,
+          sequences: list[FrameSequence] | None = None,
+          on_step: Callable[[int, float], None] | None = None) -> TrainResult | None:
     """Train and write the run folder ``config.out``.
 
     Args:
@@ -318,13 +320,19 @@ def train(config: DepthTrainConfig | DepthFinetuneConfig, *, stop_after: int | N
             (:class:`DepthFinetuneConfig`) settings.
         stop_after: stop after this many steps of this call, leaving a
             checkpoint for ``resume=True`` (returns None).
+        sequences: frames already in memory to train on instead of opening
+            ``config.data`` (which then only names them in ``run.json``);
+            the video pipeline passes its training frames this way.
+        on_step: called after every step with ``(steps done, loss)``, for a
+            caller's own progress display.
 
     Raises:
         InputError: bad settings or data, or a resume whose settings differ.
     """
     config.check()
     self_supervised = isinstance(config, DepthTrainConfig)
-    sequences = open_sequences(list(config.data), frame_step=config.frame_step)
+    if sequences is None:
+        sequences = open_sequences(list(config.data), frame_step=config.frame_step)
     if self_supervised and config.intrinsics == "known":
         unknown = [s.source for s in sequences if s.K is None]
         if unknown:
@@ -397,6 +405,8 @@ def train(config: DepthTrainConfig | DepthFinetuneConfig, *, stop_after: int | N
                 history.append(float(loss.item()))
                 bar.set_postfix(loss=f"{history[-1]:.4f}")
                 done = step + 1
+                if on_step is not None:
+                    on_step(done, history[-1])
                 if done % config.checkpoint_every == 0 or done == config.steps or (
                         stop_after is not None and done - start >= stop_after):
                     _save_checkpoint(stage / CHECKPOINT, done, net, pose, optimizer, sampler, noise, history)

@@ -17,6 +17,7 @@ import tyro
 
 from endo3d.core.config import positive
 from endo3d.gs.deform_config import BasisConfig, HexPlaneConfig
+from endo3d.pipeline.config import VideoSettings
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,10 @@ class ReconstructConfig:
     """Reconstruct a deforming scene with Gaussian splatting and evaluate it on held-out frames."""
 
     input: tyro.conf.Positional[Path]
-    """An ``endo3d/v1`` dataset folder or an EndoNeRF folder."""
+    """A video file (.mp4 .avi .mov ...), a folder of images, an ``endo3d/v1`` dataset folder or an EndoNeRF folder."""
     out: Path
-    """Run folder to write (metrics.json, point_cloud.ply, cameras.json, renders/, checkpoint.pt)."""
+    """Run folder to write (metrics.json, point_cloud.ply, cameras.json, renders/, checkpoint.pt; for video also
+    depth/, mesh.ply and report.html)."""
     overwrite: bool = False
     """Replace an existing run folder."""
     resume: bool = False
@@ -128,6 +130,36 @@ class ReconstructConfig:
     """Steps between checkpoints (the last step always writes one)."""
     progress: bool = True
     """Show a progress bar."""
+    fast: bool = False
+    """A quick preview (about 10 minutes on a 2-core CPU for a 10 s video): smaller working size, fewer frames
+    and steps."""
+    start: float = 0.0
+    """Video input: first second to use."""
+    end: float | None = None
+    """Video input: second at which to stop (default: the end)."""
+    stride: int = 0
+    """Video input: keep every n-th frame (0: picked so that at most --max-frames frames span the clip)."""
+    max_frames: int = 0
+    """Video input: at most this many frames (0: 48 with --fast, 96 on CPU, 250 on CUDA)."""
+    width: int = 0
+    """Video input: working width in pixels, the height keeps the aspect ratio (0: 160 with --fast, 256 on CPU,
+    640 on CUDA; never above the video's)."""
+    masks: Path | None = None
+    """Video input: instrument masks (nonzero = instrument): a folder with one image per video frame, one image
+    for all frames, or a mask video."""
+    K: tuple[float, float, float, float] | None = None
+    """Video input: known intrinsics FX FY CX CY in pixels of the video (default: estimated)."""
+    calibration: Path | None = None
+    """Video input: JSON file with the intrinsics: ``{"K": [[fx,0,cx],[0,fy,cy],[0,0,1]]}`` plus optional
+    ``"width"``/``"height"`` it refers to (e.g. a cameras.json or an endo3d/v1 meta.json)."""
+    depth_weights: Path | None = None
+    """Video input: Depth Anything weights (.pth or HF .safetensors) to start the depth network from."""
+    depth_init: Path | None = None
+    """Video input: a run folder of ``endo3d depth train|finetune`` to start depth and pose from."""
+    adapt_steps: int = 0
+    """Video input: self-supervised adaptation steps of depth, pose and intrinsics on the video's training
+    frames (0: 150 with --fast, 600 on CPU, 1500 on CUDA)."""
+    video: VideoSettings = field(default_factory=VideoSettings)
 
     def problems(self) -> list[str]:
         """What is wrong with these settings, as phrases naming the flag (empty when usable)."""
@@ -142,7 +174,25 @@ class ReconstructConfig:
                 for n in ("reset_every", "max_gaussians", "refine_start", "refine_stop") if getattr(d, n) < 0]
         field = self.hexplane if self.deformation == "hexplane" else self.basis
         out += [f"--{self.deformation}.{p}" for p in field.problems()]
+        out += [f"--{n.replace('_', '-')} must be >= 0, got {getattr(self, n)}"
+                for n in ("start", "stride", "max_frames", "width", "adapt_steps") if getattr(self, n) < 0]
+        if self.end is not None and self.end <= self.start:
+            out.append(f"--end ({self.end}) must be after --start ({self.start})")
+        if self.K is not None and not (self.K[0] > 0 and self.K[1] > 0):
+            out.append(f"--K needs positive focal lengths, got {self.K[0]}, {self.K[1]}")
+        if self.K is not None and self.calibration is not None:
+            out.append("give --K or --calibration, not both")
+        if self.depth_weights is not None and self.depth_init is not None:
+            out.append("give --depth-weights or --depth-init, not both")
+        out += self.video.problems()
         return out
+
+    def video_flags_set(self) -> list[str]:
+        """The video-only flags given a value other than their default (an error for a dataset input)."""
+        base = ReconstructConfig(input=self.input, out=self.out)
+        names = ("start", "end", "stride", "max_frames", "width", "masks", "K", "calibration", "depth_weights",
+                 "depth_init", "adapt_steps", "video")
+        return [f"--{n.replace('_', '-')}" for n in names if getattr(self, n) != getattr(base, n)]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from endo3d.core.config import to_dict
-from endo3d.core.errors import Endo3dError
+from endo3d.core.errors import Endo3dError, InputError
 from endo3d.core.fs import check_resumable_output, resumable_output_dir
 from endo3d.gs.config import ReconstructConfig
 from endo3d.gs.data import FrameSet, load_frames
@@ -128,15 +128,32 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
+def is_dataset(path: Path) -> bool:
+    """Whether ``path`` is an ``endo3d/v1`` or EndoNeRF folder (else a video file or an image folder)."""
+    return path.is_dir() and ((path / "meta.json").exists() or (path / "poses_bounds.npy").exists())
+
+
 def reconstruct(config: ReconstructConfig) -> ReconstructResult:
-    """Run ``endo3d reconstruct`` on a dataset folder; see the module docstring."""
+    """Run ``endo3d reconstruct``: a dataset folder here, a video or image folder through
+    :func:`endo3d.pipeline.run.reconstruct_video`."""
     problems = config.problems()
     if problems:
         raise Endo3dError("; ".join(problems))
+    source = Path(config.input)
+    if not source.exists():
+        raise InputError(source, "missing")
+    dataset = is_dataset(source)
+    if dataset and config.video_flags_set():
+        raise InputError(source, f"{', '.join(config.video_flags_set())}: only for a video or image-folder input, "
+                                 "this is a dataset folder")
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _reconstruct(config)
+        if dataset:
+            return _reconstruct(config)
+        from endo3d.pipeline.run import reconstruct_video
+
+        return reconstruct_video(config)
     finally:
         torch.set_num_threads(threads)
 

@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -59,11 +59,13 @@ class Schedule:
 # Sized so that the default run on a 64-frame 160x128 sequence takes minutes on a 2-core CPU
 CPU_DEFAULTS = dict(coarse=300, fine=2200, init_points=12_000, max_gaussians=20_000)
 CUDA_DEFAULTS = dict(coarse=1000, fine=3000, init_points=30_000, max_gaussians=400_000)
+# --fast: a preview, sized with the video pipeline's small working size in mind (minutes on a 2-core CPU)
+FAST_DEFAULTS = dict(coarse=150, fine=1000, init_points=6000, max_gaussians=10_000)
 
 
 def resolve_schedule(config: ReconstructConfig, frames: FrameSet, device: torch.device) -> Schedule:
     """Fill the config's device-dependent zeros and check the depth setting against the input."""
-    base = CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+    base = FAST_DEFAULTS if config.fast else CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     fine = config.iterations or base["fine"]
     if config.coarse_iterations >= 0:
         coarse = config.coarse_iterations
@@ -262,8 +264,11 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------
 
-    def fit(self, run_dir: Path, progress: bool = True) -> None:
-        """Train to the end of the schedule, checkpointing into ``run_dir``."""
+    def fit(self, run_dir: Path, progress: bool = True, on_step: Callable[[int], None] | None = None) -> None:
+        """Train to the end of the schedule, checkpointing into ``run_dir``.
+
+        ``on_step`` is called with the step count after every step (for a caller's own progress display).
+        """
         from tqdm import tqdm
 
         total = self.schedule.total
@@ -277,6 +282,8 @@ class Trainer:
                     torch.cuda.synchronize()
                 self.train_seconds += time.perf_counter() - start
                 bar.update(1)
+                if on_step is not None:
+                    on_step(self.step)
                 if self.step % 10 == 0 or self.step == total:
                     stage = "coarse" if self.step <= self.schedule.coarse else "fine"
                     bar.set_postfix(stage=stage, loss=f"{terms['loss']:.4f}", psnr=f"{terms['psnr']:.2f}",

@@ -1,0 +1,65 @@
+"""Settings of ``endo3d reconstruct VIDEO`` that only a video input has (typed; no torch import).
+
+The flags a user reaches for (``--start``, ``--stride``, ``--K``,
+``--depth-weights``, ``--adapt-steps``, ``--fast`` ...) sit on
+:class:`endo3d.gs.config.ReconstructConfig` itself; the tuning knobs of the
+pipeline's stages are this group, ``--video.*``. Zeros mean "pick from the
+video and the device" (:func:`endo3d.pipeline.plan.make_plan`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """Stage settings of the video pipeline (0 = picked from the video's size and length and the device)."""
+
+    image_fps: float = 25.0
+    """Frame rate of an image-folder input (timestamps = position / fps)."""
+    specular_threshold: float = 0.92
+    """Brightest channel at or above which an unsaturated pixel is a specular highlight (>= 1: keep all)."""
+    detect_fov: bool = True
+    """Find the endoscope's field of view (black border, circular aperture) and ignore what is outside."""
+    encoder: str = "vits"
+    """DINOv2 size of the depth network: vits, vitb or vitl (must match --depth-weights)."""
+    depth_batch: int = 0
+    """Frames per depth-adaptation step (0: 2 with --fast, else 4)."""
+    pose_width: int = 0
+    """Base width of the pose net's ResNet (0: 16 with --fast, 32 on CPU, 64 on CUDA)."""
+    depth_lr: float = 1e-4
+    """Adam learning rate of the depth network's adapters and heads (EndoDAC: 1e-4)."""
+    pose_lr: float = 2e-4
+    """Adam learning rate of the pose net."""
+    pose_warmup: int = -1
+    """First adaptation steps that train only the pose / intrinsics net (-1: a quarter of --adapt-steps)."""
+    align_steps: int = 0
+    """Steps of the joint depth-scale / pose / focal refinement (0: 150 with --fast, else 300)."""
+    align_window: int = 2
+    """Each training frame is compared with this many training neighbours on each side in the refinement."""
+    align_height: int = 72
+    """Image height (pixels) at which the refinement compares frames."""
+    voxel_mm: float = 0.0
+    """TSDF voxel size in the poses' units (0: about two pixels' footprint at the median depth)."""
+    depth_loss: Literal["relative", "metric"] = "relative"
+    """How the Gaussians follow the estimated depth: ``relative`` (1 - Pearson of inverse depth, free of its
+    uncertain scale) or ``metric`` (inverse-depth L1)."""
+
+    def problems(self) -> list[str]:
+        """What is wrong, as phrases naming the ``--video.*`` flag."""
+        out = []
+        for name in ("image_fps", "depth_lr", "pose_lr", "align_height"):
+            if not getattr(self, name) > 0:
+                out.append(f"--video.{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        for name in ("depth_batch", "pose_width", "align_steps", "voxel_mm"):
+            if getattr(self, name) < 0:
+                out.append(f"--video.{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.align_window < 1:
+            out.append(f"--video.align-window must be >= 1, got {self.align_window}")
+        if self.encoder not in ("vits", "vitb", "vitl"):
+            out.append(f"--video.encoder must be vits, vitb or vitl, got {self.encoder!r}")
+        if self.pose_warmup < -1:
+            out.append(f"--video.pose-warmup must be >= -1, got {self.pose_warmup}")
+        return out

@@ -1,0 +1,88 @@
+"""The concrete sizes and step counts of one video run, picked from the video and the device.
+
+Every zero in the settings is resolved here, once, and the result is saved
+with the run (``pipeline.json``), so ``--resume`` and the report use the
+same numbers. Presets (a 2-core CPU was the yardstick for ``--fast``: a
+10 s clip in about 10 minutes):
+
+| | working width | frames | adapt steps | batch | refine steps | Gaussian steps (coarse + fine) |
+| --- | --- | --- | --- | --- | --- | --- |
+| ``--fast`` | 160 | 48 | 150 | 2 | 150 | 150 + 1000 (``endo3d.gs.train.FAST_DEFAULTS``) |
+| CPU | 256 | 96 | 600 | 4 | 300 | 300 + 2200 |
+| CUDA | 640 | 250 | 1500 | 4 | 300 | the anchors' 1000 + 3000 |
+
+The stride, when not given, is the smallest that keeps at most that many
+frames over the chosen time range, so a long video is subsampled evenly
+instead of cut short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from endo3d.gs.config import ReconstructConfig
+from endo3d.pipeline.cameras import network_size
+from endo3d.pipeline.frames import working_size
+
+PRESETS = {
+    "fast": dict(width=160, max_frames=48, adapt_steps=150, depth_batch=2, pose_width=16, align_steps=150),
+    "cpu": dict(width=256, max_frames=96, adapt_steps=600, depth_batch=4, pose_width=32, align_steps=300),
+    "cuda": dict(width=640, max_frames=250, adapt_steps=1500, depth_batch=4, pose_width=64, align_steps=300),
+}
+MIN_FRAMES = 4
+"""Fewest frames a video run accepts: frame 1 is held out, and self-supervision needs a training frame with
+a training neighbour on each side."""
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """Resolved settings of a video run (see the module docstring)."""
+
+    preset: str
+    width: int
+    height: int
+    stride: int
+    max_frames: int
+    adapt_steps: int
+    pose_warmup: int
+    depth_batch: int
+    pose_width: int
+    net_height: int
+    net_width: int
+    align_steps: int
+
+    def gaussian_config(self, config: ReconstructConfig) -> ReconstructConfig:
+        """``config`` with the video's depth loss where the user left ``--loss.depth auto`` (the Gaussians'
+        schedule, ``--fast`` included, is resolved by :func:`endo3d.gs.train.resolve_schedule`)."""
+        if config.loss.depth != "auto":
+            return config
+        return dataclasses.replace(config, loss=dataclasses.replace(config.loss, depth=config.video.depth_loss))
+
+
+def frames_in_range(frames: int, fps: float, start_s: float, end_s: float | None) -> int:
+    """About how many of ``frames`` frames at ``fps`` fall in ``[start_s, end_s)``."""
+    first = math.ceil(start_s * fps - 1e-6)
+    stop = frames if end_s is None else min(frames, math.ceil(end_s * fps - 1e-6))
+    return max(stop - first, 0)
+
+
+def make_plan(config: ReconstructConfig, *, frames: int, fps: float, source_size: tuple[int, int],
+              cuda: bool) -> VideoPlan:
+    """Fill every zero of ``config``'s video settings for a video of ``frames`` frames of ``source_size``."""
+    preset = "fast" if config.fast else ("cuda" if cuda else "cpu")
+    p = PRESETS[preset]
+    v = config.video
+    height, width = working_size(source_size, config.width or p["width"])
+    max_frames = config.max_frames or p["max_frames"]
+    stride = config.stride or max(1, math.ceil(frames_in_range(frames, fps, config.start, config.end) / max_frames))
+    adapt = config.adapt_steps or p["adapt_steps"]
+    warmup = v.pose_warmup if v.pose_warmup >= 0 else adapt // 4
+    net_height, net_width = network_size(height, width)
+    return VideoPlan(
+        preset=preset, width=width, height=height, stride=stride, max_frames=max_frames, adapt_steps=adapt,
+        pose_warmup=min(warmup, adapt - 1), depth_batch=v.depth_batch or p["depth_batch"],
+        pose_width=v.pose_width or p["pose_width"], net_height=net_height, net_width=net_width,
+        align_steps=v.align_steps or p["align_steps"],
+    )

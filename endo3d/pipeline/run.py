@@ -1,0 +1,335 @@
+"""``endo3d reconstruct VIDEO``: video in; cameras, depth, mesh, deformable Gaussians, metrics and a report out.
+
+Stages (one progress bar across them, :class:`~endo3d.pipeline.progress.StageProgress`):
+
+1. **frames** (:mod:`endo3d.pipeline.frames`): decode, select, resize; find
+   the field of view, specular highlights, instrument masks. Frames
+   ``(i - 1) % 8 == 0`` of the selected clip are held out: nothing below
+   trains on them.
+2. **depth** (:func:`~endo3d.pipeline.cameras.adapt_depth`): self-supervised
+   adaptation of depth, pose and intrinsics on the training frames.
+3. **cameras**: the networks on every frame
+   (:func:`~endo3d.pipeline.cameras.predict_cameras`), then per-frame depth
+   scale / shift, pose and focal refinement over the training frames
+   (:func:`~endo3d.pipeline.consistency.refine_cameras`).
+4. **mesh** (:mod:`endo3d.pipeline.fusion`): TSDF fusion of the training
+   frames' depth -> ``mesh.ply``.
+5. **gaussians** (:class:`endo3d.gs.train.Trainer`): the deformable model on
+   the estimated cameras with a relative (scale-free) depth loss.
+6. **evaluate**: held-out renders and metrics (from the 8-bit files, as for
+   datasets), the baseline of repeating the nearest training frame, and
+   ``report.html``.
+
+Everything is written into ``.RUN.partial`` and renamed to ``RUN`` at the
+end. Each stage leaves its result there (the depth run, ``cameras.pt``,
+``mesh.ply``, the Gaussians' checkpoint), so ``--resume`` skips finished
+stages and continues the interrupted one; it refuses other settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from endo3d.core.config import to_dict
+from endo3d.core.device import resolve_device
+from endo3d.core.errors import InputError
+from endo3d.core.fs import check_resumable_output, resumable_output_dir, staging_dir
+from endo3d.depth.config import DepthTrainConfig
+from endo3d.gs.config import ReconstructConfig
+from endo3d.gs.data import FrameSet, is_test_frame
+from endo3d.gs.metrics import image_metrics, mean_metrics
+from endo3d.gs.reconstruct import (
+    ReconstructResult, choose_backend, evaluate, render_fps, resolved_backend, write_json,
+)
+from endo3d.gs.train import CHECKPOINT, Trainer
+from endo3d.pipeline import cameras as cam
+from endo3d.pipeline.consistency import place_held_out, refine_cameras
+from endo3d.pipeline.frames import Clip, load_clip, probe_clip
+from endo3d.pipeline.plan import MIN_FRAMES, VideoPlan, make_plan
+from endo3d.pipeline.progress import StageProgress
+
+PIPELINE_JSON = "pipeline.json"
+CAMERAS_PT = "cameras.pt"
+STAGES = ("frames", "depth", "cameras", "mesh", "gaussians", "evaluate")
+_RESUME_FREE = {"resume", "overwrite", "progress", "threads"}
+"""Settings that may change between an interrupted run and its --resume."""
+
+
+@dataclasses.dataclass
+class Cameras:
+    """The camera stage's result for all frames (working resolution).
+
+    Attributes:
+        depth: float32 ``(N, 1, H, W)`` consistent z-depth (poses' units).
+        c2w: float64 ``(N, 4, 4)``; K: float64 ``(3, 3)``.
+        info: what the stage measured (focal, refinement losses, scales).
+    """
+
+    depth: torch.Tensor
+    c2w: torch.Tensor
+    K: np.ndarray
+    info: dict[str, Any]
+
+
+def split(count: int) -> tuple[list[int], list[int]]:
+    """Training and held-out positions of a clip of ``count`` frames (held out: ``(i - 1) % 8 == 0``)."""
+    test = [i for i in range(count) if is_test_frame(i)]
+    return [i for i in range(count) if i not in test], test
+
+
+def nearest_training_frame(i: int, train: list[int]) -> int:
+    """The training frame closest in time to ``i`` (the earlier one on a tie)."""
+    return min(train, key=lambda j: (abs(j - i), j))
+
+
+def _weights(plan: VideoPlan, gs_steps: int, frames: int) -> dict[str, float]:
+    """Expected relative cost of each stage (seconds on a 2-core CPU, measured per step at 160x90)."""
+    pixels = plan.width * plan.height / (160 * 90)
+    tokens = plan.net_height * plan.net_width / (84 * 154)
+    return {"frames": 0.05 * frames, "depth": 0.35 * plan.depth_batch * tokens * plan.adapt_steps,
+            "cameras": 0.25 * plan.align_steps + 0.1 * frames, "mesh": 3.0,
+            "gaussians": 0.17 * pixels ** 0.5 * gs_steps, "evaluate": 5.0 + 0.2 * frames}
+
+
+def reconstruct_video(config: ReconstructConfig) -> ReconstructResult:
+    """Run the whole pipeline on ``config.input`` (a video file or image folder); see the module docstring."""
+    check_resumable_output(config.out, overwrite=config.overwrite, resume=config.resume)
+    device = resolve_device(config.device)
+    backend = choose_backend(config.rasterizer, device)
+    total, src_h, src_w, fps = probe_clip(config.input, image_fps=config.video.image_fps)
+    plan = make_plan(config, frames=total, fps=fps, source_size=(src_h, src_w), cuda=device.type == "cuda")
+    K_given = cam.intrinsics_from_flags(config.K, config.calibration, (src_h, src_w), (plan.height, plan.width))
+    gs_config = plan.gaussian_config(config)
+    started = time.perf_counter()
+    clip = load_clip(config.input, start_s=config.start, end_s=config.end, stride=plan.stride,
+                     max_frames=plan.max_frames, width=plan.width, masks=config.masks,
+                     image_fps=config.video.image_fps, specular_threshold=config.video.specular_threshold,
+                     detect_fov_mask=config.video.detect_fov)
+    if len(clip) < MIN_FRAMES:
+        raise InputError(config.input, f"only {len(clip)} frame(s) selected: the pipeline needs at least "
+                                       f"{MIN_FRAMES} (check --start/--end/--stride/--max-frames)")
+    if not bool(clip.fov.any()):
+        raise InputError(config.input, "no pixel inside the detected field of view")
+    settings = _settings(config, plan)
+    if config.resume:
+        _check_resume(config, settings)
+    gs_steps = (gs_config.iterations or (1000 if config.fast else 2200)) + max(gs_config.coarse_iterations, 150)
+    progress = StageProgress(_weights(plan, gs_steps, len(clip)), enabled=config.progress)
+    progress.record("frames", time.perf_counter() - started)
+    try:
+        with resumable_output_dir(config.out, overwrite=config.overwrite, resume=config.resume) as (run, resuming):
+            if not (run / PIPELINE_JSON).is_file():
+                write_json(run / PIPELINE_JSON, settings)
+            result = _stages(run, config, gs_config, plan, clip, K_given, device, backend, progress)
+    finally:
+        progress.close()
+    return result
+
+
+def _settings(config: ReconstructConfig, plan: VideoPlan) -> dict[str, Any]:
+    """What ``pipeline.json`` records: the settings that must not change on --resume, and the plan."""
+    settings = {"config": {k: v for k, v in to_dict(config).items() if k not in _RESUME_FREE},
+                "plan": dataclasses.asdict(plan)}
+    return json.loads(json.dumps(settings))
+
+
+def _check_resume(config: ReconstructConfig, settings: dict[str, Any]) -> None:
+    """Refuse to --resume an interrupted run with other settings (one line naming the first that differ)."""
+    path = staging_dir(config.out) / PIPELINE_JSON
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    if saved != settings:
+        changed = sorted(k for k in settings["config"] if saved["config"].get(k) != settings["config"][k])
+        raise InputError(config.out, "--resume with other settings than the interrupted run "
+                                     f"({', '.join(changed[:3]) or 'plan'}); start again with --overwrite")
+
+
+def _stages(run: Path, config: ReconstructConfig, gs_config: ReconstructConfig, plan: VideoPlan, clip: Clip,
+            K_given: np.ndarray | None, device: torch.device, backend: str,
+            progress: StageProgress) -> ReconstructResult:
+    train, test = split(len(clip))
+    with progress.stage("depth", plan.adapt_steps) as update:
+        depth_config = DepthTrainConfig(
+            data=(clip.source,), out=run / cam.DEPTH_RUN, weights=config.depth_weights, init=config.depth_init,
+            encoder=config.video.encoder, height=plan.net_height, width=plan.net_width, steps=plan.adapt_steps,
+            batch_size=plan.depth_batch, lr=config.video.depth_lr, pose_lr=config.video.pose_lr,
+            pose_width=plan.pose_width, pose_warmup=plan.pose_warmup, seed=config.seed,
+            intrinsics="learn" if K_given is None else "known", specular_threshold=1.0,
+            checkpoint_every=max(25, plan.adapt_steps // 5), device=config.device, progress=False,
+        )
+        depth_run = cam.adapt_depth(depth_config, cam.training_sequence(clip, train, K_given),
+                                    on_step=lambda done, loss: update(done, f"adapt {done}/{plan.adapt_steps}"))
+    with progress.stage("cameras", plan.align_steps + 1) as update:
+        cameras = _cameras(run, depth_run, clip, train, K_given, plan, config, device, update)
+    with progress.stage("mesh") as update:
+        mesh = _mesh(run, clip, train, cameras, config)
+    frames = FrameSet(
+        rgb=clip.rgb, valid=clip.valid, depth=cameras.depth, gt_depth=None, c2w=cameras.c2w.float(),
+        K=torch.from_numpy(cameras.K).float().expand(len(clip), 3, 3).clone(),
+        t=torch.arange(len(clip), dtype=torch.float32) / max(len(clip) - 1, 1), index=np.arange(len(clip)),
+        time_s=clip.time_s, train=train, test=test, source=clip.source,
+    )
+    trainer = Trainer(gs_config, frames, device, backend)
+    with progress.stage("gaussians", trainer.schedule.total) as update:
+        if (run / CHECKPOINT).is_file():
+            state = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
+            problem = trainer.resume_problem(state)
+            if problem:
+                raise InputError(run / CHECKPOINT, f"{problem}, or start again with --overwrite")
+            trainer.load_state_dict(state)
+        write_json(run / "config.json", to_dict(gs_config))
+        trainer.fit(run, progress=False, on_step=lambda s: update(s, f"step {s}/{trainer.schedule.total}"))
+    with progress.stage("evaluate"):
+        metrics = _evaluate(run, config, plan, clip, cameras, trainer, mesh, device, backend, progress)
+    return ReconstructResult(run=Path(config.out), metrics=metrics)
+
+
+def _cameras(run: Path, depth_run: Path, clip: Clip, train: list[int], K_given: np.ndarray | None,
+             plan: VideoPlan, config: ReconstructConfig, device: torch.device, update: Any) -> Cameras:
+    """Predict, refine and place every camera (or load the stage's saved result on --resume)."""
+    path = run / CAMERAS_PT
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        return Cameras(saved["depth"], saved["c2w"], saved["K"], saved["info"])
+    update(0, "predict")
+    raw = cam.predict_cameras(depth_run, clip, K_given, device)
+    refined = refine_cameras(
+        clip.rgb[train], clip.valid[train], raw.depth[train], raw.K, raw.c2w[train], steps=plan.align_steps,
+        window=config.video.align_window, height=config.video.align_height, learn_focal=raw.K_estimated,
+        on_step=lambda s: update(s, f"refine {s}/{plan.align_steps}"), seed=config.seed,
+    )
+    c2w = place_held_out(raw.c2w, train, refined.c2w)
+    K = raw.K.copy()
+    K[0, 0] *= refined.focal_scale
+    K[1, 1] *= refined.focal_scale
+    scale = torch.ones(len(clip))
+    shift = torch.zeros(len(clip))
+    for i in range(len(clip)):
+        k = train.index(max([f for f in train if f <= i], default=train[0]))
+        scale[i], shift[i] = refined.scale[k], refined.shift_mm[k]
+    depth = (scale[:, None, None, None] * raw.depth + shift[:, None, None, None]).clamp_min(0) * clip.fov
+    info = {"K_estimated": raw.K_estimated, "focal_px": float(K[0, 0]), "focal_scale_refined": refined.focal_scale,
+            "refine_loss_before": refined.loss_before, "refine_loss_after": refined.loss_after,
+            "depth_scale_range": [float(refined.scale.min()), float(refined.scale.max())],
+            "path_length": float((c2w[1:, :3, 3] - c2w[:-1, :3, 3]).norm(dim=1).sum())}
+    cameras = Cameras(depth.float(), c2w, K, info)
+    tmp = path.with_suffix(".tmp")
+    torch.save(dataclasses.asdict(cameras), tmp)
+    tmp.replace(path)
+    return cameras
+
+
+def _mesh(run: Path, clip: Clip, train: list[int], cameras: Cameras, config: ReconstructConfig) -> Any:
+    """TSDF-fuse the training frames into ``mesh.ply`` (kept on --resume); returns the mesh."""
+    from endo3d.pipeline.fusion import fuse_tsdf, read_mesh_ply, write_mesh_ply
+
+    path = run / "mesh.ply"
+    if path.is_file():
+        return read_mesh_ply(path)
+    try:
+        mesh = fuse_tsdf(cameras.depth[train, 0].numpy(), clip.rgb[train].permute(0, 2, 3, 1).numpy(),
+                         clip.valid[train, 0].numpy(), cameras.K, cameras.c2w[train].numpy(),
+                         voxel_mm=config.video.voxel_mm or None)
+    except ValueError as e:
+        raise InputError(config.input, f"TSDF fusion failed: {e}") from None
+    write_mesh_ply(path, mesh)
+    return mesh
+
+
+def _evaluate(run: Path, config: ReconstructConfig, plan: VideoPlan, clip: Clip, cameras: Cameras,
+              trainer: Trainer, mesh: Any, device: torch.device, backend: str,
+              progress: StageProgress) -> dict[str, Any]:
+    from endo3d.io import read_rgb, write_png
+    from endo3d.pipeline.fusion import mesh_picture
+    from endo3d.pipeline.report import StripRow, camera_path_svg, write_report
+    from endo3d.viz import depth_to_rgb
+
+    model = trainer.model.eval()
+    frames = trainer.frames
+    means, per_frame, lpips_note = evaluate(model, frames, run, trainer.background, backend)
+    baseline_rows = []
+    for i in frames.test:
+        j = nearest_training_frame(i, frames.train)
+        baseline_rows.append(image_metrics(frames.rgb[j], frames.rgb[i], frames.valid[i]))
+    baseline = mean_metrics(baseline_rows)
+    for row, b in zip(per_frame, baseline_rows):
+        row["baseline_psnr"] = b.psnr
+    fps = render_fps(model, frames, trainer.background, backend, repeats=5 if device.type == "cuda" else 1)
+    model.export_ply(run / "point_cloud.ply", t=0.0)
+    (run / "depth").mkdir(exist_ok=True)
+    for i in range(len(clip)):
+        d = cameras.depth[i, 0].numpy().astype(np.float32)
+        np.save(run / "depth" / f"{i:06d}.npy", d)
+        write_png(run / "depth" / f"{i:06d}.png", depth_to_rgb(d))
+    write_json(run / "cameras.json", cameras_json(clip, cameras))
+    seconds = dict(progress.seconds)
+    metrics = {
+        "psnr": means["psnr"], "ssim": means["ssim"], "lpips": means["lpips"], "depth_rmse_mm": None,
+        "train_seconds": trainer.train_seconds, "render_fps": fps, "num_gaussians": model.num_gaussians,
+        "device": device.type, "test_frames": list(frames.test), "psnr_tissue": means["psnr_tissue"],
+        "baseline_nearest_frame": {"psnr": baseline["psnr"], "ssim": baseline["ssim"],
+                                   "psnr_tissue": baseline["psnr_tissue"]},
+        "psnr_protocol": "psnr and ssim: masked full image over held-out frames (field of view, no specular "
+                         "highlights, no instruments); baseline_nearest_frame: the nearest training frame "
+                         "repeated, scored the same way",
+        "lpips_note": lpips_note,
+        "depth_note": "no ground-truth depth for a video: depth_rmse_mm is null",
+        "metric_scale": False,
+        "scale_note": "poses and depth share the scale the self-supervised networks found (mm-like, not "
+                      "guaranteed metric)",
+        "frames": len(clip), "source_frames": [int(x) for x in clip.index], "stride": plan.stride,
+        "working_size": [plan.width, plan.height], "preset": plan.preset,
+        "cameras": cameras.info, "stage_seconds": seconds,
+        "iterations": trainer.schedule.total, "deformation": config.deformation,
+        "rasterizer": resolved_backend(backend, device), "depth_loss": trainer.schedule.depth,
+        "mesh": {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)), "voxel": mesh.voxel_mm},
+        "per_frame": per_frame,
+    }
+    write_json(run / "metrics.json", metrics)
+    strips = []
+    for i, row in zip(frames.test, per_frame):
+        render = read_rgb(run / "renders" / f"{i:06d}.png")
+        depth = model.render(frames.c2w[i], frames.K[i], frames.width, frames.height, frames.t[i],
+                             background=trainer.background, backend=backend)
+        d = (depth.depth * (depth.alpha > 0.5))[0].detach().cpu().numpy()
+        strips.append(StripRow(index=i, images=[_uint8(clip.rgb[i]), render, depth_to_rgb(d)],
+                               caption=f"frame {i} (video frame {int(clip.index[i])}): PSNR {row['psnr']:.2f} dB, "
+                                       f"nearest training frame {row['baseline_psnr']:.2f} dB"))
+    picture = mesh_picture(mesh, cameras.K, cameras.c2w[0].numpy(), clip.width, clip.height, pull_back=0.3)
+    summary = [("input", str(config.input)), ("frames", f"{len(clip)} (stride {plan.stride}, "
+                                                          f"{plan.width}x{plan.height}), {len(frames.test)} held out"),
+               ("held-out PSNR", f"{means['psnr']:.2f} dB (repeating the nearest training frame: "
+                                 f"{baseline['psnr']:.2f} dB)"),
+               ("focal length", f"{cameras.K[0, 0]:.1f} px ({'estimated' if cameras.info['K_estimated'] else 'given'})"),
+               ("Gaussians", f"{model.num_gaussians}"), ("device", device.type)]
+    write_report(run / "report.html", title=f"endo3d reconstruct: {Path(config.input).name}", summary=summary,
+                 settings={k: v for k, v in to_dict(config).items()}, timings=seconds,
+                 metrics={k: v for k, v in metrics.items() if k != "per_frame"},
+                 camera_svg=camera_path_svg(cameras.c2w.numpy(), test=list(frames.test)), strips=strips,
+                 strip_headings=["input", "render", "depth"], mesh_image=picture,
+                 notes=[metrics["scale_note"], lpips_note])
+    return metrics
+
+
+def _uint8(rgb: torch.Tensor) -> np.ndarray:
+    from endo3d.io import rgb_to_uint8
+
+    return rgb_to_uint8(rgb)
+
+
+def cameras_json(clip: Clip, cameras: Cameras) -> dict[str, Any]:
+    """``cameras.json`` (CONVENTIONS.md) at the working resolution, plus each frame's number in the video."""
+    return {
+        "width": clip.width, "height": clip.height, "K": cameras.K.tolist(), "K_estimated": cameras.info["K_estimated"],
+        "metric_scale": False,
+        "frames": [{"index": i, "time": float(clip.time_s[i]), "source_frame": int(clip.index[i]),
+                    "c2w": cameras.c2w[i].tolist()} for i in range(len(clip))],
+    }

@@ -1,0 +1,169 @@
+"""``endo3d reconstruct VIDEO`` end to end on tiny simulated input (an image folder and an mp4), resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from endo3d.cli.main import main
+from endo3d.gs.config import ReconstructConfig
+from endo3d.io import VideoWriter, probe_video, read_png, read_rgb
+from endo3d.pipeline.fusion import read_mesh_ply
+from endo3d.pipeline.plan import make_plan
+from endo3d.pipeline.run import STAGES, nearest_training_frame, split
+
+# every stage runs, each for a few steps
+TINY = ["--width", "64", "--adapt-steps", "4", "--video.pose-warmup", "1", "--video.depth-batch", "2",
+        "--video.pose-width", "8", "--video.align-steps", "5", "--iterations", "20", "--coarse-iterations", "5",
+        "--init-points", "300", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def video(tissue, tmp_path_factory) -> Path:
+    """The simulated tissue frames as an mp4 (what a user has), 10 frames at 128x96."""
+    path = tmp_path_factory.mktemp("video") / "tissue.mp4"
+    with VideoWriter(path, fps=10.0) as writer:
+        for k in range(10):
+            writer.write(read_png(tissue / "rgb" / f"{k:06d}.png"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(video, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["reconstruct", str(video), "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_split_and_nearest_training_frame():
+    train, test = split(18)
+    assert test == [1, 9, 17] and len(train) == 15
+    assert nearest_training_frame(1, train) == 0 and nearest_training_frame(9, train) == 8
+    assert nearest_training_frame(17, train) == 16
+
+
+def test_plan_fills_zeros_from_the_video_and_device():
+    fast = make_plan(ReconstructConfig(input=Path("v.mp4"), out=Path("r"), fast=True), frames=250, fps=25.0,
+                     source_size=(360, 640), cuda=False)
+    assert (fast.width, fast.height, fast.stride, fast.adapt_steps) == (160, 90, math.ceil(250 / 48), 150)
+    assert fast.net_height % 14 == 0 and fast.net_width % 14 == 0
+    clipped = make_plan(ReconstructConfig(input=Path("v.mp4"), out=Path("r"), start=2.0, end=4.0, width=1000),
+                        frames=250, fps=25.0, source_size=(360, 640), cuda=True)
+    assert clipped.stride == 1 and clipped.width == 640  # 50 frames fit; never wider than the video
+    assert clipped.pose_warmup == clipped.adapt_steps // 4
+
+
+def test_run_folder_has_every_output(run):
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_frames"] == [1, 9]
+    for key in ("psnr", "ssim", "train_seconds", "render_fps", "num_gaussians"):
+        assert isinstance(metrics[key], (int, float)) and math.isfinite(metrics[key]), key
+    assert math.isfinite(metrics["baseline_nearest_frame"]["psnr"])
+    assert metrics["metric_scale"] is False and metrics["depth_rmse_mm"] is None
+    assert set(metrics["stage_seconds"]) == set(STAGES) - {"evaluate"}
+    cameras = json.loads((run / "cameras.json").read_text())
+    assert (cameras["width"], cameras["height"]) == (64, 48) and len(cameras["frames"]) == 10
+    c2w = np.array([f["c2w"] for f in cameras["frames"]])
+    R = c2w[:, :3, :3]
+    assert np.allclose(R @ R.transpose(0, 2, 1), np.eye(3), atol=1e-5) and np.allclose(c2w[0], np.eye(4), atol=1e-6)
+    K = np.array(cameras["K"])
+    assert K[0, 0] > 0 and K[1, 1] > 0 and 0 <= K[0, 2] < 64 and 0 <= K[1, 2] < 48
+    assert sorted(p.name for p in (run / "renders").glob("*.png")) == ["000001.png", "000009.png"]
+    depth = [np.load(run / "depth" / f"{i:06d}.npy") for i in range(10)]
+    assert all(d.shape == (48, 64) and d.dtype == np.float32 and (d > 0).mean() > 0.5 for d in depth)
+    assert read_png(run / "depth" / "000000.png").shape == (48, 64, 3)
+    mesh = read_mesh_ply(run / "mesh.ply")
+    assert len(mesh.faces) > 0
+    for name in ("point_cloud.ply", "checkpoint.pt", "report.html", "pipeline.json"):
+        assert (run / name).is_file(), name
+    assert not (run.parent / f".{run.name}.partial").exists()
+
+
+def test_metrics_recompute_from_the_renders_and_the_video(run, video):
+    """The held-out PSNR in metrics.json is the PSNR of the stored 8-bit renders against the decoded frames."""
+    from endo3d.gs.metrics import image_metrics
+    from endo3d.pipeline.frames import load_clip
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    clip = load_clip(video, width=64)
+    for row in metrics["per_frame"]:
+        i = row["index"]
+        render = torch.from_numpy(read_rgb(run / "renders" / f"{i:06d}.png"))
+        m = image_metrics(render, clip.rgb[i], clip.valid[i])
+        assert m.psnr == pytest.approx(row["psnr"], abs=1e-4)
+        baseline = image_metrics(clip.rgb[nearest_training_frame(i, [0, 2, 3, 4, 5, 6, 7, 8])], clip.rgb[i],
+                                 clip.valid[i])
+        assert baseline.psnr == pytest.approx(row["baseline_psnr"], abs=1e-4)
+
+
+def test_report_names_the_stages_and_shows_the_strip(run):
+    html = (run / "report.html").read_text()
+    for stage in ("depth", "cameras", "gaussians"):
+        assert stage in html
+    assert html.count("<img") == 2 * 3 + 1  # two held-out frames x (input, render, depth) + the mesh
+    assert "nearest training frame" in html
+
+
+def test_render_command_works_on_a_video_run(run, tmp_path):
+    out = tmp_path / "orbit.mp4"
+    assert main(["render", str(run), "--out", str(out), "--path", "orbit", "--frames", "4"]) == 0
+    assert probe_video(out).num_frames == 4
+
+
+def test_resume_skips_finished_stages(tissue, tmp_path, monkeypatch):
+    """Interrupted in the Gaussian stage, ``--resume`` reuses the depth run, cameras and mesh (training the depth
+    network again would fail here) and finishes."""
+    from endo3d.depth import train as depth_train
+    from endo3d.gs.train import Trainer
+
+    out = tmp_path / "run"
+    argv = ["reconstruct", str(tissue / "rgb"), "--out", str(out), *TINY]
+    original_fit = Trainer.fit
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", interrupted)
+    assert main(argv) == 130  # Ctrl-C
+    staging = tmp_path / ".run.partial"
+    assert (staging / "depth_model" / "run.json").is_file() and (staging / "cameras.pt").is_file()
+    assert (staging / "mesh.ply").is_file() and not out.exists()
+    before = torch.load(staging / "cameras.pt", weights_only=False)["c2w"]
+
+    monkeypatch.setattr(Trainer, "fit", original_fit)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the finished depth stage ran again")
+
+    monkeypatch.setattr(depth_train, "train", no_training)
+    assert main([*argv[:4], "--width", "80", *argv[6:], "--resume"]) == 2  # other settings: refused
+    assert main([*argv, "--resume"]) == 0
+    cameras = json.loads((out / "cameras.json").read_text())
+    assert np.allclose(np.array([f["c2w"] for f in cameras["frames"]]), before.numpy())
+
+
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tissue, tmp_path, capsys):
+    def fails(argv, needle):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("endo3d: error:") and "\n" not in err and needle in err, err
+
+    out = ["--out", str(tmp_path / "r")]
+    fails(["reconstruct", str(tmp_path / "nowhere.mp4"), *out], "nowhere.mp4: missing")
+    junk = tmp_path / "junk.mp4"
+    junk.write_text("not a video")
+    fails(["reconstruct", str(junk), *out], "junk.mp4")
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "000000.png").write_bytes((tissue / "rgb" / "000000.png").read_bytes())
+    fails(["reconstruct", str(one), *out], "frame")
+    fails(["reconstruct", str(tissue / "rgb"), *out, "--start", "100"], "rgb")  # nothing left after the crop
+    fails(["reconstruct", str(tissue / "rgb"), *out, "--K", "100", "100", "500", "40"], "principal point")
+    fails(["reconstruct", str(tissue / "rgb"), *out, "--end", "0"], "--end")
+    fails(["reconstruct", str(tissue), *out, "--stride", "2"], "--stride")
+    assert not (tmp_path / "r").exists() and not (tmp_path / ".r.partial").exists()
