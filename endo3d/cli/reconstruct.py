@@ -19,6 +19,11 @@ def run_reconstruct(config: ReconstructConfig) -> None:
     print(f"test frames {m['test_frames']}: PSNR {_fmt(m['psnr'])} dB (masked full image), "
           f"{_fmt(m['psnr_tissue'])} dB (tissue only), SSIM {_fmt(m['ssim'], 3)}, LPIPS {_fmt(m['lpips'], 3)}, "
           f"depth RMSE {_fmt(m['depth_rmse_mm'])} mm, render {m['render_fps']:.0f} fps")
+    baseline = m.get("baseline_nearest_frame")
+    if baseline is not None:
+        print(f"baseline, repeating the nearest training frame: PSNR {_fmt(baseline['psnr'])} dB, "
+              f"SSIM {_fmt(baseline['ssim'], 3)}")
+        print(f"report: {result.run / 'report.html'}  mesh: {result.run / 'mesh.ply'}")
     print(f"renders: {result.run / 'renders'}  metrics: {result.run / 'metrics.json'}")
 
 

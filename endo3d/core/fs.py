@@ -114,3 +114,19 @@ def check_resumable_output(path: str | os.PathLike[str], *, overwrite: bool = Fa
         if staging.exists() and not overwrite:
             raise InputError(final, f"an interrupted run is in {staging}; pass --resume to continue it "
                                     "or --overwrite to start again")
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place (readers never see half a
+    file); the file gets the usual permissions of the umask."""
+    final = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+

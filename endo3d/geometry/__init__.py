@@ -11,6 +11,7 @@ from endo3d.geometry.depth import (
 from endo3d.geometry.se3 import (
     axis_angle_to_matrix,
     compose,
+    carry_corrections,
     interpolate_pose,
     invert_pose,
     is_valid_pose,
@@ -21,6 +22,7 @@ from endo3d.geometry.se3 import (
     pose_problems,
     quaternion_to_matrix,
     relative_pose,
+    se3_exp,
     transform_points,
 )
 
@@ -33,6 +35,7 @@ __all__ = [
     "depth_to_normals",
     "depth_to_points",
     "depth_to_points_from_rays",
+    "carry_corrections",
     "interpolate_pose",
     "invert_pose",
     "is_valid_pose",
@@ -45,6 +48,7 @@ __all__ = [
     "project",
     "quaternion_to_matrix",
     "relative_pose",
+    "se3_exp",
     "reproject",
     "sample_image",
     "transform_points",

@@ -254,3 +254,38 @@ def pose_problems(T: torch.Tensor, atol: float = 1e-4) -> str | None:
 def is_valid_pose(T: torch.Tensor, atol: float = 1e-4) -> bool:
     """Whether every transform in ``T`` is a finite rigid transform; see :func:`pose_problems`."""
     return pose_problems(T, atol) is None
+
+
+def se3_exp(xi: torch.Tensor) -> torch.Tensor:
+    """``(..., 6)`` (axis-angle in radians, translation) -> ``(..., 4, 4)`` rigid transform ``[R(w) | t]``.
+
+    A first-order parametrisation of small corrections (translation not
+    coupled to rotation), differentiable everywhere.
+    """
+    check_shape(xi, "... 6", "xi")
+    return pose_from_rt(axis_angle_to_matrix(xi[..., :3]), xi[..., 3:])
+
+
+def carry_corrections(c2w: torch.Tensor, anchors: list[int], corrected: torch.Tensor) -> torch.Tensor:
+    """Poses of all frames after the ``anchors`` were corrected; the others move rigidly with a neighbour.
+
+    Frame ``i`` not in ``anchors`` keeps its motion relative to the nearest
+    earlier anchor ``j`` (the first anchor for frames before it):
+    ``c2w'_i = c2w'_j c2w_j^-1 c2w_i``.
+
+    Args:
+        c2w: ``(N, 4, 4)`` poses before the correction.
+        anchors: positions (ascending) that were corrected.
+        corrected: ``(len(anchors), 4, 4)`` their corrected poses.
+    """
+    out = c2w.clone()
+    position = {f: k for k, f in enumerate(anchors)}
+    for i in range(len(c2w)):
+        if i in position:
+            out[i] = corrected[position[i]]
+            continue
+        earlier = [f for f in anchors if f < i]
+        j = earlier[-1] if earlier else anchors[0]
+        out[i] = corrected[position[j]] @ invert_pose(c2w[j]) @ c2w[i]
+    return out
+

@@ -62,6 +62,8 @@ class LearningRates:
     """Planes of the HexPlane field."""
     deform_basis: float = 1.6e-3
     """Per-Gaussian temporal basis parameters (Deform3DGS)."""
+    poses: float = 1e-3
+    """Camera corrections with --refine-poses: radians, and translation in units of the scene scale."""
     final_ratio: float = 0.01
     """Positions and deformation rates decay to this share of their start by the last step."""
 
@@ -120,6 +122,9 @@ class ReconstructConfig:
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     lr: LearningRates = field(default_factory=LearningRates)
     loss: LossConfig = field(default_factory=LossConfig)
+    refine_poses: Literal["auto", "on", "off"] = "auto"
+    """Refine the training cameras jointly with the Gaussians (``auto``: on for video input, whose cameras are
+    estimated; off for datasets, whose poses are given)."""
     depth_dir: Path | None = None
     """Folder of per-frame ``NNNNNN.npy`` z-depth maps in mm to train on instead of the input's (the input's
     depth, if any, stays the reference of the depth error)."""
@@ -131,8 +136,8 @@ class ReconstructConfig:
     progress: bool = True
     """Show a progress bar."""
     fast: bool = False
-    """A quick preview (about 10 minutes on a 2-core CPU for a 10 s video): smaller working size, fewer frames
-    and steps."""
+    """A quick preview: for video a small working size, fewer frames and steps (about 5 minutes on a 2-core CPU
+    for a 10 s clip); for datasets the short Gaussian schedule (150 + 1000 steps)."""
     start: float = 0.0
     """Video input: first second to use."""
     end: float | None = None

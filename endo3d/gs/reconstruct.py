@@ -173,6 +173,9 @@ def _reconstruct(config: ReconstructConfig) -> ReconstructResult:
             trainer.load_state_dict(state)
         write_json(run / "config.json", to_dict(config))
         trainer.fit(run, progress=config.progress)
+        if config.refine_poses == "on":
+            trainer.frames.c2w = trainer.cameras()
+            frames.c2w = trainer.frames.c2w.cpu()
         model = trainer.model.eval()
         means, per_frame, lpips_note = evaluate(model, trainer.frames, run, trainer.background, backend)
         repeats = 5 if device.type == "cuda" else 1

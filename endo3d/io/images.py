@@ -39,7 +39,7 @@ _CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 _COLOUR_SPACE_CHUNKS = (b"gAMA", b"sRGB", b"cHRM", b"iCCP")
 _GAMMA_LINEAR = 100000  # gAMA chunk value of gamma 1.0
 
-# PNG writing is our own (``_encode_png``): the "Up" row filter then zlib at
+# PNG writing is our own (``encode_png``): the "Up" row filter then zlib at
 # level 1. libpng through Open3D offers only "fast" (no filter) or "default"
 # (adaptive filters, zlib 6). Measured on one core, 320x256 simulator frames
 # (write time, file size):
@@ -290,12 +290,12 @@ def write_png(path: PathLike, array: Any, *, level: int = ZLIB_LEVEL, strategy: 
     if strategy not in _STRATEGIES:
         raise ValueError(f"strategy must be one of {sorted(_STRATEGIES)}, got {strategy!r}")
     try:
-        path.write_bytes(_encode_png(a, level, _STRATEGIES[strategy]))
+        path.write_bytes(encode_png(a, level, _STRATEGIES[strategy]))
     except OSError as e:
         raise Endo3dError(f"{path}: could not write PNG ({e.strerror or e})") from None
 
 
-def _encode_png(a: np.ndarray, level: int, strategy: int) -> bytes:
+def encode_png(a: np.ndarray, level: int, strategy: int) -> bytes:
     """PNG bytes of ``(H, W, C)`` uint8/uint16 data: IHDR, one IDAT, IEND.
 
     Every row uses filter type 2 ("Up": each byte minus the byte above),

@@ -19,7 +19,7 @@ step. The
 first training frame is the gauge: its pose and scale stay fixed. The
 frames are compared at ``align_height`` pixels high. Held-out frames are not
 in any pair: their poses are the networks' motion from the previous
-training frame applied to its refined pose (:func:`place_held_out`).
+training frame applied to its refined pose (:func:`endo3d.geometry.carry_corrections`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from endo3d.depth.losses import backproject, photometric_error, warp_source
-from endo3d.geometry import axis_angle_to_matrix, invert_pose
+from endo3d.geometry import invert_pose, se3_exp
 
 GEOMETRIC_WEIGHT = 0.5
 """Weight of the geometric term against the photometric one."""
@@ -66,22 +66,6 @@ def frame_pairs(count: int, window: int) -> torch.Tensor:
     """``(P, 2)`` ordered pairs ``(a, b)`` of positions ``0..count-1`` with ``1 <= |a - b| <= window``."""
     pairs = [(a, b) for a in range(count) for b in range(count) if 1 <= abs(a - b) <= window]
     return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
-
-
-def se3_exp(xi: torch.Tensor) -> torch.Tensor:
-    """``(..., 6)`` (axis-angle, translation) -> ``(..., 4, 4)`` rigid transform (rotation by Rodrigues)."""
-    T = torch.zeros(*xi.shape[:-1], 4, 4, dtype=xi.dtype, device=xi.device)
-    T[..., :3, :3] = axis_angle_to_matrix(xi[..., :3])
-    T[..., :3, 3] = xi[..., 3:]
-    T[..., 3, 3] = 1
-    return T
-
-
-def _sample(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of ``(B, C, H, W)`` at pixel coordinates ``(B, 2, H, W)`` (border padding)."""
-    h, w = image.shape[-2:]
-    grid = torch.stack([2 * uv[:, 0] / max(w - 1, 1) - 1, 2 * uv[:, 1] / max(h - 1, 1) - 1], dim=-1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def pair_losses(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, K: torch.Tensor,
@@ -178,18 +162,3 @@ def refine_cameras(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, 
         poses = c2w @ se3_exp((xi * unit * free).double())
     return Refined(c2w=poses, scale=scale.detach(), shift_mm=shift_mm.detach(),
                    focal_scale=float(log_focal.detach().exp()), loss_before=before, loss_after=after)
-
-
-def place_held_out(c2w_raw: torch.Tensor, train: list[int], refined: torch.Tensor) -> torch.Tensor:
-    """Poses of all frames: the refined training poses; every other frame keeps its raw motion from the nearest
-    earlier training frame (the first training frame for frames before it): ``c2w_i = c2w'_j c2w_j^-1 c2w_i``."""
-    out = c2w_raw.clone()
-    position = {f: k for k, f in enumerate(train)}
-    for i in range(len(c2w_raw)):
-        if i in position:
-            out[i] = refined[position[i]]
-            continue
-        earlier = [f for f in train if f < i]
-        j = earlier[-1] if earlier else train[0]
-        out[i] = refined[position[j]] @ invert_pose(c2w_raw[j]) @ c2w_raw[i]
-    return out

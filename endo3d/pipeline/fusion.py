@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import open3d as o3d
 import open3d.core as o3c
 
 from endo3d.core.errors import InputError
-from endo3d.core.fs import current_umask
+from endo3d.core.fs import write_bytes_atomic
 
 # Voxels per block edge. Blocks of 8^3 voxels hold 512 * 20 bytes (TSDF, weight, RGB as float32).
 BLOCK_RESOLUTION = 8
@@ -243,7 +242,7 @@ def write_mesh_ply(path: str | os.PathLike[str], mesh: FusedMesh) -> None:
     face["count"] = 3
     face["indices"] = mesh.faces
     header = _ply_header(len(vertex), len(face), float(mesh.voxel_mm))
-    _write_atomic(Path(path), header.encode("ascii") + vertex.tobytes() + face.tobytes())
+    write_bytes_atomic(path, header.encode("ascii") + vertex.tobytes() + face.tobytes())
 
 
 def read_mesh_ply(path: str | os.PathLike[str]) -> FusedMesh:
@@ -276,19 +275,6 @@ def read_mesh_ply(path: str | os.PathLike[str]) -> FusedMesh:
         normals=np.stack([vertex[name] for name in ("nx", "ny", "nz")], axis=1).astype(np.float64),
         voxel_mm=float(voxel.group(1)),
     )
-
-
-def _write_atomic(final: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``final`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def mesh_picture(mesh: FusedMesh, K: np.ndarray, c2w: np.ndarray, width: int, height: int, *,

@@ -54,11 +54,14 @@ class VideoPlan:
     align_steps: int
 
     def gaussian_config(self, config: ReconstructConfig) -> ReconstructConfig:
-        """``config`` with the video's depth loss where the user left ``--loss.depth auto`` (the Gaussians'
-        schedule, ``--fast`` included, is resolved by :func:`endo3d.gs.train.resolve_schedule`)."""
-        if config.loss.depth != "auto":
-            return config
-        return dataclasses.replace(config, loss=dataclasses.replace(config.loss, depth=config.video.depth_loss))
+        """``config`` with the video's depth loss where the user left ``--loss.depth auto`` and camera refinement
+        where ``--refine-poses auto`` (the Gaussians' schedule, ``--fast`` included, is resolved by
+        :func:`endo3d.gs.train.resolve_schedule`)."""
+        if config.loss.depth == "auto":
+            config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, depth=config.video.depth_loss))
+        if config.refine_poses == "auto":
+            config = dataclasses.replace(config, refine_poses="on")
+        return config
 
 
 def frames_in_range(frames: int, fps: float, start_s: float, end_s: float | None) -> int:

@@ -13,17 +13,15 @@ import html
 import json
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from endo3d.core.fs import current_umask
-from endo3d.io.images import ZLIB_LEVEL, _encode_png, rgb_to_uint8
+from endo3d.core.fs import write_bytes_atomic
+from endo3d.io.images import ZLIB_LEVEL, encode_png, rgb_to_uint8
 
 _MARGIN = 30  # px between a camera-path panel's edge and its plot area (room for labels)
 _STYLE = """
@@ -181,7 +179,7 @@ def write_report(path: str | os.PathLike[str], *, title: str, summary: Sequence[
     page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>\n<body>\n"
             + "\n".join(sections) + "\n</body></html>\n")
-    _write_atomic(Path(path), page.encode("utf-8"))
+    write_bytes_atomic(path, page.encode("utf-8"))
 
 
 def _format(value: Any) -> str:
@@ -240,19 +238,6 @@ def _strip(strips: Sequence[StripRow], headings: Sequence[str]) -> str:
 def _img(image: np.ndarray, alt: str) -> str:
     """An ``<img>`` whose source is the picture as a ``data:image/png;base64`` URI."""
     rgb = rgb_to_uint8(image)
-    png = _encode_png(rgb, ZLIB_LEVEL, zlib.Z_DEFAULT_STRATEGY)
+    png = encode_png(rgb, ZLIB_LEVEL, zlib.Z_DEFAULT_STRATEGY)
     return (f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" '
             f'width="{rgb.shape[1]}" height="{rgb.shape[0]}" alt="{html.escape(alt)}">')
-
-
-def _write_atomic(final: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``final`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

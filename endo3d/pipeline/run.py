@@ -50,7 +50,8 @@ from endo3d.gs.reconstruct import (
 )
 from endo3d.gs.train import CHECKPOINT, Trainer
 from endo3d.pipeline import cameras as cam
-from endo3d.pipeline.consistency import place_held_out, refine_cameras
+from endo3d.geometry import carry_corrections
+from endo3d.pipeline.consistency import refine_cameras
 from endo3d.pipeline.frames import Clip, load_clip, probe_clip
 from endo3d.pipeline.plan import MIN_FRAMES, VideoPlan, make_plan
 from endo3d.pipeline.progress import StageProgress
@@ -58,6 +59,9 @@ from endo3d.pipeline.progress import StageProgress
 PIPELINE_JSON = "pipeline.json"
 CAMERAS_PT = "cameras.pt"
 STAGES = ("frames", "depth", "cameras", "mesh", "gaussians", "evaluate")
+FLAT_RELIEF = 0.02
+"""Below this depth relief (:func:`depth_relief`) the estimated depth carries no shape and the Gaussians get no
+relative depth loss."""
 _RESUME_FREE = {"resume", "overwrite", "progress", "threads"}
 """Settings that may change between an interrupted run and its --resume."""
 
@@ -87,6 +91,17 @@ def split(count: int) -> tuple[list[int], list[int]]:
 def nearest_training_frame(i: int, train: list[int]) -> int:
     """The training frame closest in time to ``i`` (the earlier one on a tie)."""
     return min(train, key=lambda j: (abs(j - i), j))
+
+
+def depth_relief(depth: torch.Tensor, valid: torch.Tensor) -> float:
+    """Median over frames of the coefficient of variation (std / mean) of the valid depth: how far the depth
+    maps are from flat."""
+    values = []
+    for d, ok in zip(depth, valid):
+        v = d[ok & (d > 0)]
+        if v.numel() > 1:
+            values.append(float(v.std() / v.mean()))
+    return float(np.median(values)) if values else 0.0
 
 
 def _weights(plan: VideoPlan, gs_steps: int, frames: int) -> dict[str, float]:
@@ -171,6 +186,11 @@ def _stages(run: Path, config: ReconstructConfig, gs_config: ReconstructConfig, 
         cameras = _cameras(run, depth_run, clip, train, K_given, plan, config, device, update)
     with progress.stage("mesh") as update:
         mesh = _mesh(run, clip, train, cameras, config)
+    relief = depth_relief(cameras.depth, clip.valid)
+    if relief < FLAT_RELIEF and gs_config.loss.depth == "relative":
+        # a correlation with a flat map is noise: the Gaussians then follow the images alone
+        gs_config = dataclasses.replace(gs_config, loss=dataclasses.replace(gs_config.loss, depth="none"))
+    cameras.info["depth_relief"] = relief
     frames = FrameSet(
         rgb=clip.rgb, valid=clip.valid, depth=cameras.depth, gt_depth=None, c2w=cameras.c2w.float(),
         K=torch.from_numpy(cameras.K).float().expand(len(clip), 3, 3).clone(),
@@ -187,6 +207,9 @@ def _stages(run: Path, config: ReconstructConfig, gs_config: ReconstructConfig, 
             trainer.load_state_dict(state)
         write_json(run / "config.json", to_dict(gs_config))
         trainer.fit(run, progress=False, on_step=lambda s: update(s, f"step {s}/{trainer.schedule.total}"))
+        if gs_config.refine_poses == "on":
+            trainer.frames.c2w = trainer.cameras()
+            cameras.c2w = trainer.frames.c2w.double().cpu()
     with progress.stage("evaluate"):
         metrics = _evaluate(run, config, plan, clip, cameras, trainer, mesh, device, backend, progress)
     return ReconstructResult(run=Path(config.out), metrics=metrics)
@@ -206,7 +229,7 @@ def _cameras(run: Path, depth_run: Path, clip: Clip, train: list[int], K_given: 
         window=config.video.align_window, height=config.video.align_height, learn_focal=raw.K_estimated,
         on_step=lambda s: update(s, f"refine {s}/{plan.align_steps}"), seed=config.seed,
     )
-    c2w = place_held_out(raw.c2w, train, refined.c2w)
+    c2w = carry_corrections(raw.c2w, train, refined.c2w)
     K = raw.K.copy()
     K[0, 0] *= refined.focal_scale
     K[1, 1] *= refined.focal_scale

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from endo3d.core.errors import InputError
-from endo3d.geometry import invert_pose, look_at
+from endo3d.geometry import carry_corrections, invert_pose, look_at, se3_exp
 from endo3d.pipeline.cameras import average_motion, chain, intrinsics_from_flags, network_size
-from endo3d.pipeline.consistency import frame_pairs, place_held_out, refine_cameras, se3_exp
+from endo3d.pipeline.consistency import frame_pairs, refine_cameras
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -163,7 +163,7 @@ def test_held_out_frames_follow_the_refined_neighbour():
     train = [0, 2, 3, 4]
     correction = se3_exp(torch.tensor([[0.0, 0.1, 0.0, 1.0, 0.0, 0.0]], dtype=torch.float64))[0]
     refined = correction @ raw[train]  # a rigid change of the whole world frame
-    out = place_held_out(raw, train, refined)
+    out = carry_corrections(raw, train, refined)
     assert torch.allclose(out[1], correction @ raw[1], atol=1e-12)
     assert torch.equal(out[train], refined)
 
