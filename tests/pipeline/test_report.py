@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import base64
-import io
+import tempfile
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from endo3d.io import read_png
 from endo3d.pipeline.report import StripRow, camera_path_svg, write_report
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -88,11 +89,15 @@ def table_with(page: Page, cell: str) -> list[list[str]]:
 
 
 def decode(src: str) -> np.ndarray:
+    """The image of a PNG data URI, read back with endo3d's own PNG reader."""
     prefix = "data:image/png;base64,"
     assert src.startswith(prefix)
     data = base64.b64decode(src[len(prefix):])
     assert data.startswith(b"\x89PNG")
-    return np.array(Image.open(io.BytesIO(data)))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "decoded.png"
+        path.write_bytes(data)
+        return read_png(path)
 
 
 def test_tables_hold_the_values(report):
