@@ -156,14 +156,6 @@ def test_tables_and_layouts_must_pair() -> None:
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture
-def kernels(monkeypatch):
-    """The CUDA path, and a build failure as an error (no silent fallback to the reference)."""
-    monkeypatch.setitem(build._state, "backend", None)
-    build.set_backend("cuda")
-    return build.cuda_ops(torch.zeros(1, device="cuda"))
-
-
 def _poison(nbytes: int) -> None:
     """Leave NaN in the caching allocator's free blocks, so that an output element the kernel skips shows."""
     torch.full((nbytes // 4 + 1024,), float("nan"), device="cuda")

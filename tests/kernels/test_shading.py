@@ -179,14 +179,6 @@ def test_kernel_plumbing_with_uniform_material(monkeypatch, wrt: tuple[str, ...]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture
-def kernels(monkeypatch):
-    """The CUDA path, and a build failure as an error (no silent fallback to the reference)."""
-    monkeypatch.setitem(build._state, "backend", None)
-    build.set_backend("cuda")
-    return build.cuda_ops(torch.zeros(1, device="cuda"))
-
-
 def _poison(n: int, num_lights: int, dtype: torch.dtype) -> None:
     """Leave NaN in free allocator blocks of the sizes of the per-point outputs, so that an element the
     kernel does not write shows."""

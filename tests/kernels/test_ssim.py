@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from endo3d.kernels import build
 from endo3d.kernels.ssim import (
     _blur, _gaussian_window, photometric_loss, photometric_loss_reference, ssim_map)
 
@@ -147,15 +146,6 @@ def test_empty_mask_gives_zero_loss_and_gradient():
 # --- GPU: the fused kernel against the float64 reference -----------------------------------------------------
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@pytest.fixture
-def kernels(monkeypatch):
-    """The CUDA kernels forced on (a failed build is an error, not a silent fallback), the ops namespace."""
-    monkeypatch.setitem(build._state, "backend", "cuda")
-    ops = build.cuda_ops(torch.zeros(1, device="cuda"))
-    assert ops is not None
-    return ops
 
 
 def assert_matches_reference(render, target, mask, weight):
