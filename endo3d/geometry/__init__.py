@@ -11,6 +11,7 @@ from endo3d.geometry.depth import (
 from endo3d.geometry.se3 import (
     axis_angle_to_matrix,
     compose,
+    anchor_of,
     carry_corrections,
     interpolate_pose,
     invert_pose,
@@ -35,6 +36,7 @@ __all__ = [
     "depth_to_normals",
     "depth_to_points",
     "depth_to_points_from_rays",
+    "anchor_of",
     "carry_corrections",
     "interpolate_pose",
     "invert_pose",

@@ -10,6 +10,8 @@ the angle in radians.
 
 from __future__ import annotations
 
+import bisect
+
 import math
 
 import torch
@@ -279,13 +281,15 @@ def carry_corrections(c2w: torch.Tensor, anchors: list[int], corrected: torch.Te
         corrected: ``(len(anchors), 4, 4)`` their corrected poses.
     """
     out = c2w.clone()
-    position = {f: k for k, f in enumerate(anchors)}
     for i in range(len(c2w)):
-        if i in position:
-            out[i] = corrected[position[i]]
-            continue
-        earlier = [f for f in anchors if f < i]
-        j = earlier[-1] if earlier else anchors[0]
-        out[i] = corrected[position[j]] @ invert_pose(c2w[j]) @ c2w[i]
+        k = anchor_of(i, anchors)
+        j = anchors[k]
+        out[i] = corrected[k] if i == j else corrected[k] @ invert_pose(c2w[j]) @ c2w[i]
     return out
+
+
+def anchor_of(i: int, anchors: list[int]) -> int:
+    """Position in ``anchors`` (ascending) of the last anchor at or before frame ``i`` (0 before the first):
+    the frame whose correction frame ``i`` follows in :func:`carry_corrections`."""
+    return max(bisect.bisect_right(anchors, i) - 1, 0)
 

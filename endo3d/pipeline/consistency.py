@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from endo3d.depth.losses import backproject, photometric_error, warp_source
+from endo3d.depth.train import resize_intrinsics
 from endo3d.geometry import invert_pose, se3_exp
 
 GEOMETRIC_WEIGHT = 0.5
@@ -111,9 +112,7 @@ def refine_cameras(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, 
     small_rgb = F.interpolate(rgb, size=(h, w), mode="area")
     small_valid = F.interpolate(valid.float(), size=(h, w), mode="area") > 0.999
     small_depth = F.interpolate(depth, size=(h, w), mode="area").clamp_min(1e-3)
-    sy, sx = h / H, w / W
-    K0 = torch.tensor([[K[0, 0] * sx, 0, (K[0, 2] + 0.5) * sx - 0.5], [0, K[1, 1] * sy, (K[1, 2] + 0.5) * sy - 0.5],
-                       [0, 0, 1]], dtype=torch.float32)
+    K0 = torch.from_numpy(resize_intrinsics(K, (H, W), (h, w))).float()
     count = rgb.shape[0]
     median = float(small_depth[small_valid].median()) if bool(small_valid.any()) else float(small_depth.median())
     log_scale = torch.zeros(count, requires_grad=True)

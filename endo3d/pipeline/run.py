@@ -46,11 +46,11 @@ from endo3d.gs.config import ReconstructConfig
 from endo3d.gs.data import FrameSet, is_test_frame
 from endo3d.gs.metrics import image_metrics, mean_metrics
 from endo3d.gs.reconstruct import (
-    ReconstructResult, choose_backend, evaluate, render_fps, resolved_backend, write_json,
+    RENDER_DEPTH_SCALE_MM, ReconstructResult, choose_backend, evaluate, render_fps, resolved_backend, write_json,
 )
 from endo3d.gs.train import CHECKPOINT, Trainer
 from endo3d.pipeline import cameras as cam
-from endo3d.geometry import carry_corrections
+from endo3d.geometry import anchor_of, carry_corrections
 from endo3d.pipeline.consistency import refine_cameras
 from endo3d.pipeline.frames import Clip, load_clip, probe_clip
 from endo3d.pipeline.plan import MIN_FRAMES, VideoPlan, make_plan
@@ -139,7 +139,7 @@ def reconstruct_video(config: ReconstructConfig) -> ReconstructResult:
     progress = StageProgress(_weights(plan, gs_steps, len(clip)), enabled=config.progress)
     progress.record("frames", time.perf_counter() - started)
     try:
-        with resumable_output_dir(config.out, overwrite=config.overwrite, resume=config.resume) as (run, resuming):
+        with resumable_output_dir(config.out, overwrite=config.overwrite, resume=config.resume) as (run, _):
             if not (run / PIPELINE_JSON).is_file():
                 write_json(run / PIPELINE_JSON, settings)
             result = _stages(run, config, gs_config, plan, clip, K_given, device, backend, progress)
@@ -233,11 +233,8 @@ def _cameras(run: Path, depth_run: Path, clip: Clip, train: list[int], K_given: 
     K = raw.K.copy()
     K[0, 0] *= refined.focal_scale
     K[1, 1] *= refined.focal_scale
-    scale = torch.ones(len(clip))
-    shift = torch.zeros(len(clip))
-    for i in range(len(clip)):
-        k = train.index(max([f for f in train if f <= i], default=train[0]))
-        scale[i], shift[i] = refined.scale[k], refined.shift_mm[k]
+    follows = torch.tensor([anchor_of(i, train) for i in range(len(clip))])  # each frame's training frame
+    scale, shift = refined.scale[follows], refined.shift_mm[follows]
     depth = (scale[:, None, None, None] * raw.depth + shift[:, None, None, None]).clamp_min(0) * clip.fov
     info = {"K_estimated": raw.K_estimated, "focal_px": float(K[0, 0]), "focal_scale_refined": refined.focal_scale,
             "refine_loss_before": refined.loss_before, "refine_loss_after": refined.loss_after,
@@ -270,7 +267,7 @@ def _mesh(run: Path, clip: Clip, train: list[int], cameras: Cameras, config: Rec
 def _evaluate(run: Path, config: ReconstructConfig, plan: VideoPlan, clip: Clip, cameras: Cameras,
               trainer: Trainer, mesh: Any, device: torch.device, backend: str,
               progress: StageProgress) -> dict[str, Any]:
-    from endo3d.io import read_rgb, write_png
+    from endo3d.io import decode_depth, read_png, read_rgb, rgb_to_uint8, write_png
     from endo3d.pipeline.fusion import mesh_picture
     from endo3d.pipeline.report import StripRow, camera_path_svg, write_report
     from endo3d.viz import depth_to_rgb
@@ -319,11 +316,10 @@ def _evaluate(run: Path, config: ReconstructConfig, plan: VideoPlan, clip: Clip,
     write_json(run / "metrics.json", metrics)
     strips = []
     for i, row in zip(frames.test, per_frame):
-        render = read_rgb(run / "renders" / f"{i:06d}.png")
-        depth = model.render(frames.c2w[i], frames.K[i], frames.width, frames.height, frames.t[i],
-                             background=trainer.background, backend=backend)
-        d = (depth.depth * (depth.alpha > 0.5))[0].detach().cpu().numpy()
-        strips.append(StripRow(index=i, images=[_uint8(clip.rgb[i]), render, depth_to_rgb(d)],
+        name = f"{i:06d}.png"  # the render and its depth as evaluate() stored them
+        render = read_rgb(run / "renders" / name)
+        d = decode_depth(read_png(run / "renders" / "depth" / name), RENDER_DEPTH_SCALE_MM)
+        strips.append(StripRow(index=i, images=[rgb_to_uint8(clip.rgb[i]), render, depth_to_rgb(d)],
                                caption=f"frame {i} (video frame {int(clip.index[i])}): PSNR {row['psnr']:.2f} dB, "
                                        f"nearest training frame {row['baseline_psnr']:.2f} dB"))
     picture = mesh_picture(mesh, cameras.K, cameras.c2w[0].numpy(), clip.width, clip.height, pull_back=0.3)
@@ -334,18 +330,12 @@ def _evaluate(run: Path, config: ReconstructConfig, plan: VideoPlan, clip: Clip,
                ("focal length", f"{cameras.K[0, 0]:.1f} px ({'estimated' if cameras.info['K_estimated'] else 'given'})"),
                ("Gaussians", f"{model.num_gaussians}"), ("device", device.type)]
     write_report(run / "report.html", title=f"endo3d reconstruct: {Path(config.input).name}", summary=summary,
-                 settings={k: v for k, v in to_dict(config).items()}, timings=seconds,
+                 settings=to_dict(config), timings=seconds,
                  metrics={k: v for k, v in metrics.items() if k != "per_frame"},
                  camera_svg=camera_path_svg(cameras.c2w.numpy(), test=list(frames.test)), strips=strips,
                  strip_headings=["input", "render", "depth"], mesh_image=picture,
                  notes=[metrics["scale_note"], lpips_note])
     return metrics
-
-
-def _uint8(rgb: torch.Tensor) -> np.ndarray:
-    from endo3d.io import rgb_to_uint8
-
-    return rgb_to_uint8(rgb)
 
 
 def cameras_json(clip: Clip, cameras: Cameras) -> dict[str, Any]:
