@@ -64,14 +64,23 @@ CUDA_DEFAULTS = dict(coarse=1000, fine=3000, init_points=30_000, max_gaussians=4
 FAST_DEFAULTS = dict(coarse=150, fine=1000, init_points=6000, max_gaussians=10_000)
 
 
-def resolve_schedule(config: ReconstructConfig, frames: FrameSet, device: torch.device) -> Schedule:
-    """Fill the config's device-dependent zeros and check the depth setting against the input."""
-    base = FAST_DEFAULTS if config.fast else CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+def _defaults(config: ReconstructConfig, device: torch.device) -> dict[str, int]:
+    return FAST_DEFAULTS if config.fast else CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+
+
+def schedule_steps(config: ReconstructConfig, device: torch.device) -> tuple[int, int]:
+    """``(coarse, fine)`` step counts: the config's, or the device's (``--fast``) defaults where it has zeros."""
+    base = _defaults(config, device)
     fine = config.iterations or base["fine"]
     if config.coarse_iterations >= 0:
-        coarse = config.coarse_iterations
-    else:
-        coarse = 0 if config.deformation == "basis" else base["coarse"]
+        return config.coarse_iterations, fine
+    return (0 if config.deformation == "basis" else base["coarse"]), fine
+
+
+def resolve_schedule(config: ReconstructConfig, frames: FrameSet, device: torch.device) -> Schedule:
+    """Fill the config's device-dependent zeros and check the depth setting against the input."""
+    base = _defaults(config, device)
+    coarse, fine = schedule_steps(config, device)
     depth = config.loss.depth
     if frames.depth is None:
         raise InputError(frames.source, "has no depth maps: the Gaussians are initialised from depth "

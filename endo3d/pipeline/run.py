@@ -48,7 +48,7 @@ from endo3d.gs.metrics import image_metrics, mean_metrics
 from endo3d.gs.reconstruct import (
     RENDER_DEPTH_SCALE_MM, ReconstructResult, choose_backend, evaluate, render_fps, resolved_backend, write_json,
 )
-from endo3d.gs.train import CHECKPOINT, Trainer
+from endo3d.gs.train import CHECKPOINT, Trainer, schedule_steps
 from endo3d.pipeline import cameras as cam
 from endo3d.geometry import anchor_of, carry_corrections
 from endo3d.pipeline.consistency import refine_cameras
@@ -135,8 +135,8 @@ def reconstruct_video(config: ReconstructConfig) -> ReconstructResult:
     settings = _settings(config, plan)
     if config.resume:
         _check_resume(config, settings)
-    gs_steps = (gs_config.iterations or (1000 if config.fast else 2200)) + max(gs_config.coarse_iterations, 150)
-    progress = StageProgress(_weights(plan, gs_steps, len(clip)), enabled=config.progress)
+    progress = StageProgress(_weights(plan, sum(schedule_steps(gs_config, device)), len(clip)),
+                             enabled=config.progress)
     progress.record("frames", time.perf_counter() - started)
     try:
         with resumable_output_dir(config.out, overwrite=config.overwrite, resume=config.resume) as (run, _):
