@@ -7,7 +7,12 @@ frames:
 
 - ``deform``: the deformation field's forward (``field(splats, t)``);
 - ``deform+bwd``: its forward and backward;
-- ``render``: a full render with deformation (field + SH + rasterisation);
+- ``render``: a full render with deformation (field + SH + rasterisation),
+  eager (``DeformableGaussians.render``, what training calls);
+- ``splat inputs`` and ``rasterize``: its two parts, eager;
+- ``render graphed``: the same render through ``FrameRenderer`` (what
+  evaluation, ``render_fps`` and ``endo3d render`` call; on CUDA the first
+  part is a replayed CUDA graph);
 - ``loss``: the photometric (L1 + SSIM) and depth terms;
 - ``step``: render + loss + backward (what one iteration costs, without the
   optimiser and density control).
@@ -67,8 +72,11 @@ def main() -> None:
 
     from endo3d.core.device import resolve_device
     from endo3d.gs.config import ReconstructConfig
+    from endo3d.geometry.se3 import invert_pose
     from endo3d.gs.data import load_frames
+    from endo3d.gs.frame_renderer import FrameRenderer
     from endo3d.gs.losses import inverse_depth_l1, photometric_loss
+    from endo3d.gs.rasterize import rasterize
     from endo3d.gs.reconstruct import choose_backend
     from endo3d.gs.train import Trainer
 
@@ -99,6 +107,24 @@ def main() -> None:
             model.render(f.c2w[i], f.K[i], f.width, f.height, f.t[i], background=trainer.background,
                          backend=trainer.backend)
 
+    graphed = FrameRenderer(model, backend=trainer.backend)
+
+    def render_graphed(r):
+        i = pick[r]
+        graphed(f.c2w[i], f.K[i], f.width, f.height, f.t[i], background=trainer.background)
+
+    def splat_inputs(r):
+        with torch.no_grad():
+            i = pick[r]
+            return model.splat_inputs(f.t[i], f.c2w[i][:3, 3])
+
+    inputs = [splat_inputs(r) for r in range(args.steps)]
+
+    def rasterize_only(r):
+        i = pick[r]
+        rasterize(*inputs[r], invert_pose(f.c2w[i]), f.K[i], f.width, f.height, background=trainer.background,
+                  backend=trainer.backend)
+
     outs = {}
 
     def loss_terms(r):
@@ -117,10 +143,11 @@ def main() -> None:
                                backend=trainer.backend)
         loss_terms(r).backward()
 
-    for fn in (deform, deform_bwd, render, step):  # warm up every path (kernel builds, caches)
+    for fn in (deform, deform_bwd, render, render_graphed, rasterize_only, step):  # warm up (builds, caches)
         fn(0)
     phases = {"deform": measure(deform, args.steps), "deform+bwd": measure(deform_bwd, args.steps),
-              "render": measure(render, args.steps)}
+              "render": measure(render, args.steps), "splat inputs": measure(splat_inputs, args.steps),
+              "rasterize": measure(rasterize_only, args.steps), "render graphed": measure(render_graphed, args.steps)}
     phases["step"] = measure(step, args.steps)
     phases["loss"] = measure(loss, args.steps)
     model.zero_grad(set_to_none=True)
@@ -139,9 +166,11 @@ def main() -> None:
     print(table)
     print(f"{args.field} on {device.type}, {f.width}x{f.height}, {model.num_gaussians} Gaussians, "
           f"kernels={args.kernels}, median of {args.steps} frames")
-    print(f"{'phase':12s} {'ms':>8s} {'share of step':>14s}")
+    print(f"{'phase':14s} {'ms':>8s} {'share of step':>14s}")
     for name, ms in phases.items():
-        print(f"{name:12s} {ms:8.2f} {ms / phases['step']:14.0%}")
+        print(f"{name:14s} {ms:8.2f} {ms / phases['step']:14.0%}")
+    print(f"render: {1e3 / phases['render']:.0f} FPS eager, {1e3 / phases['render graphed']:.0f} FPS graphed "
+          f"({graphed.uses_graph=})")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "field": args.field, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

@@ -15,6 +15,7 @@ at time ``t``:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -23,6 +24,17 @@ from endo3d.gs.deform import DeformationField, apply_deltas
 from endo3d.gs.gaussians import write_ply
 from endo3d.gs.rasterize import RenderOutput, rasterize
 from endo3d.gs.sh import eval_sh, num_sh_bases
+
+
+class SplatInputs(NamedTuple):
+    """What :func:`endo3d.gs.rasterize.rasterize` takes of the scene: ``means`` (N,3) mm, ``quats`` (N,4),
+    ``scales`` (N,3) mm, ``opacities`` (N,) in (0,1) and ``colors`` (N,3)."""
+
+    means: torch.Tensor
+    quats: torch.Tensor
+    scales: torch.Tensor
+    opacities: torch.Tensor
+    colors: torch.Tensor
 
 
 class DeformableGaussians(torch.nn.Module):
@@ -60,16 +72,20 @@ class DeformableGaussians(torch.nn.Module):
         params["sh"] = torch.cat([self.splats["sh0"], self.splats["shN"]], 1)
         return params
 
-    def render(self, c2w: torch.Tensor, K: torch.Tensor, width: int, height: int, t: float | torch.Tensor, *,
-               deform: bool = True, background: torch.Tensor | None = None, backend: str = "auto") -> RenderOutput:
-        """Render the scene at time ``t`` from camera ``c2w`` (4,4), ``K`` (3,3)."""
+    def splat_inputs(self, t: float | torch.Tensor, centre: torch.Tensor, deform: bool = True) -> SplatInputs:
+        """Steps 1-3 of the module docstring: the rasteriser's inputs at time ``t`` seen from ``centre`` (3,) mm."""
         p = self.at_time(t, deform)
         degree = min(self.sh_degree, self.max_sh_degree)
         sh = p["sh"][:, :num_sh_bases(degree)]
-        dirs = torch.nn.functional.normalize(p["means"].detach() - c2w[:3, 3], dim=-1)
+        dirs = torch.nn.functional.normalize(p["means"].detach() - centre, dim=-1)
         colors = (eval_sh(degree, sh, dirs) + 0.5).clamp_min(0)
-        return rasterize(p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]), colors,
-                         invert_pose(c2w), K, width, height, background=background, backend=backend)
+        return SplatInputs(p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]), colors)
+
+    def render(self, c2w: torch.Tensor, K: torch.Tensor, width: int, height: int, t: float | torch.Tensor, *,
+               deform: bool = True, background: torch.Tensor | None = None, backend: str = "auto") -> RenderOutput:
+        """Render the scene at time ``t`` from camera ``c2w`` (4,4), ``K`` (3,3)."""
+        return rasterize(*self.splat_inputs(t, c2w[:3, 3], deform), invert_pose(c2w), K, width, height,
+                         background=background, backend=backend)
 
     def export_ply(self, path: str | Path, t: float = 0.0) -> None:
         """Write the Gaussians at time ``t`` as a standard 3DGS PLY."""

@@ -30,6 +30,7 @@ from endo3d.core.fs import check_resumable_output, resumable_output_dir
 from endo3d.gs.config import ReconstructConfig
 from endo3d.gs.data import FrameSet, load_frames
 from endo3d.gs.metrics import ImageMetrics, image_metrics, load_lpips, mean_metrics
+from endo3d.gs.frame_renderer import FrameRenderer
 from endo3d.gs.model import DeformableGaussians
 from endo3d.core.device import resolve_device
 from endo3d.gs.train import CHECKPOINT, Trainer
@@ -78,9 +79,9 @@ def evaluate(model: DeformableGaussians, frames: FrameSet, out: Path | None, bac
     rows = []
     if out is not None:
         (out / "renders" / "depth").mkdir(parents=True, exist_ok=True)
+    render = FrameRenderer(model, backend=backend)
     for i in frames.test:
-        r = model.render(frames.c2w[i], frames.K[i], frames.width, frames.height, frames.t[i],
-                         background=background, backend=backend)
+        r = render(frames.c2w[i], frames.K[i], frames.width, frames.height, frames.t[i], background=background)
         stored = quantise(r.rgb)
         rgb = torch.from_numpy(stored).to(r.rgb).permute(2, 0, 1) / 255
         depth = r.depth * (r.alpha > 0.5)
@@ -100,16 +101,19 @@ def evaluate(model: DeformableGaussians, frames: FrameSet, out: Path | None, bac
 @torch.no_grad()
 def render_fps(model: DeformableGaussians, frames: FrameSet, background: torch.Tensor, backend: str,
                repeats: int = 1) -> float:
-    """Frames per second of rendering every frame with deformation (one warm-up render first)."""
+    """Frames per second of rendering every frame with deformation (one warm-up render first).
+
+    Rendering goes through :class:`FrameRenderer`, as every inference render
+    does (on CUDA its graph is captured during the warm-up).
+    """
     sync = torch.cuda.synchronize if frames.rgb.is_cuda else (lambda: None)
-    model.render(frames.c2w[0], frames.K[0], frames.width, frames.height, frames.t[0], background=background,
-                 backend=backend)
+    render = FrameRenderer(model, backend=backend)
+    render(frames.c2w[0], frames.K[0], frames.width, frames.height, frames.t[0], background=background)
     sync()
     start = time.perf_counter()
     for _ in range(repeats):
         for i in range(len(frames)):
-            model.render(frames.c2w[i], frames.K[i], frames.width, frames.height, frames.t[i],
-                         background=background, backend=backend)
+            render(frames.c2w[i], frames.K[i], frames.width, frames.height, frames.t[i], background=background)
     sync()
     return repeats * len(frames) / (time.perf_counter() - start)
 

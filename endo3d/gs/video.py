@@ -28,6 +28,7 @@ from endo3d.core.errors import InputError
 from endo3d.geometry import axis_angle_to_matrix, interpolate_pose
 from endo3d.gs.config import RenderConfig
 from endo3d.core.device import resolve_device
+from endo3d.gs.frame_renderer import FrameRenderer
 from endo3d.gs.train import CHECKPOINT, load_model
 from endo3d.io import VideoWriter
 from endo3d.viz import depth_to_rgb
@@ -106,10 +107,11 @@ def render_video(config: RenderConfig) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
+    render = FrameRenderer(model)
     with VideoWriter(out, fps=fps) as video, torch.no_grad():
         for k in tqdm(range(count), desc="render", unit="frame"):
             nearest = round(k * (len(Ks) - 1) / max(count - 1, 1)) if config.path == "training" else 0
-            r = model.render(poses[k].to(device), Ks[nearest], width, height, t[k], background=background)
+            r = render(poses[k].to(device), Ks[nearest], width, height, t[k], background=background)
             rgb = (r.rgb.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
             if config.depth_panel:
                 depth = (r.depth * (r.alpha > 0.5))[0].cpu().numpy()
