@@ -30,6 +30,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from queue import Empty
 
 from endo3d.gs.config import ReconstructConfig
 from endo3d.sim.config import SimulateConfig
@@ -51,12 +52,22 @@ def _reconstruct(config: ReconstructConfig, queue: mp.Queue) -> None:
 
 
 def run_one(config: ReconstructConfig) -> dict:
-    """Reconstruct in a fresh process so peak memory is this run's own."""
+    """Reconstruct in a fresh process so peak memory is this run's own.
+
+    Raises:
+        RuntimeError: the process ended without a result (its traceback is on stderr above).
+    """
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_reconstruct, args=(config, queue))
     proc.start()
-    metrics = queue.get()
+    while True:
+        try:
+            metrics = queue.get(timeout=5)
+            break
+        except Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"the reconstruction of {config.input} failed (exit code {proc.exitcode})") from None
     proc.join()
     return metrics
 
