@@ -14,13 +14,17 @@ masks). The run's outputs are then scored against the labels:
 - **held-out PSNR** of the Gaussians vs repeating the nearest training frame;
 - per-stage seconds from ``metrics.json``.
 
+``--input frames`` gives the dataset's PNG frames as an image folder instead
+of the mp4 (the same pipeline without the H.264 round trip; e.g. on a GPU
+machine without PyAV).
+
 A depth *prior* stands in for the foundation weights a user would pass:
 ``endo3d depth finetune`` (supervised) on simulated scenes of another seed,
 given to each run as ``--depth-init``. ``--no-prior`` runs from scratch.
 
 Usage:
     python benchmarks/video.py [--lengths 24 48] [--size 160x128] [--fast] [--no-prior]
-    python benchmarks/video.py --size 640x512 --lengths 250 --device cuda      (GPU)
+    python benchmarks/video.py --size 640x512 --lengths 250 --device cuda --input frames     (GPU)
 Prints a table and writes benchmarks/results/video.json.
 """
 
@@ -41,6 +45,7 @@ from endo3d.depth.evaluate import frame_depth_metrics, umeyama
 from endo3d.depth.train import train
 from endo3d.gs.config import ReconstructConfig
 from endo3d.gs.reconstruct import reconstruct
+from endo3d.pipeline.config import VideoSettings
 from endo3d.io import VideoWriter, open_dataset, read_png
 from endo3d.sim.config import SimulateConfig
 from endo3d.sim.simulate import simulate
@@ -98,6 +103,8 @@ def main() -> None:
     parser.add_argument("--prior-steps", type=int, default=150)
     parser.add_argument("--adapt-steps", type=int, default=0, help="0: the preset's")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--input", choices=["mp4", "frames"], default="mp4",
+                        help="what reconstruct is given: the H.264 mp4, or the PNG frames as an image folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="keep data and runs here (default: temporary)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/video.json"))
@@ -131,13 +138,16 @@ def main() -> None:
                     simulate(SimulateConfig(scene=scene, out=dataset, frames=length, width=width, height=height,
                                             fps=args.fps, seed=args.seed, workers=0, preview=False, overwrite=True),
                              progress=False)
-                video = work / f"{scene}_{length}.mp4"
-                encode_video(dataset, video, args.fps)
+                if args.input == "mp4":
+                    video = work / f"{scene}_{length}.mp4"
+                    encode_video(dataset, video, args.fps)
+                else:
+                    video = dataset / "rgb"
                 run = work / f"run_{scene}_{length}"
                 reconstruct(ReconstructConfig(input=video, out=run, overwrite=True, fast=args.fast, width=width,
                                               stride=1, max_frames=length, depth_init=prior,
                                               adapt_steps=args.adapt_steps, device=args.device, seed=args.seed,
-                                              progress=False))
+                                              progress=False, video=VideoSettings(image_fps=args.fps)))
                 row = {"scene": scene, **score(dataset, run)}
                 rows.append(row)
                 print(f"{scene} {length}: ATE {row['ate_pct_path']:.1f} % of path, AbsRel {row['abs_rel']:.3f}, "

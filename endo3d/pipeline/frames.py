@@ -238,10 +238,10 @@ def _read_image(path: Path) -> np.ndarray:
 
 def _resize_rgb(rgb: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """uint8 ``(H, W, 3)`` resized with FFmpeg's area averaging, as video frames are."""
-    import av
-
     if rgb.shape[:2] == size_hw:
         return rgb
+    import av
+
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
     return frame.reformat(width=size_hw[1], height=size_hw[0], interpolation="AREA").to_ndarray(format="rgb24")
 
