@@ -58,8 +58,8 @@ class RawCameras:
     K_estimated: bool
 
 
-def network_size(height: int, width: int) -> tuple[int, int]:
-    """The depth network's input ``(h, w)``: the working size rounded to multiples of 14 (ViT patch), >= 56."""
+def network_size(height: float, width: float) -> tuple[int, int]:
+    """The depth network's input ``(h, w)``: ``height x width`` pixels rounded to multiples of 14 (ViT patch), >= 56."""
     return max(56, 14 * round(height / 14)), max(56, 14 * round(width / 14))
 
 

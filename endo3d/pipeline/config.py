@@ -25,6 +25,9 @@ class VideoSettings:
     """Find the endoscope's field of view (black border, circular aperture) and ignore what is outside."""
     encoder: str = "vits"
     """DINOv2 size of the depth network: vits, vitb or vitl (must match --depth-weights)."""
+    net_width: int = 0
+    """Input width (pixels) of the depth and pose networks, at most the working width and rounded to a multiple
+    of 14 (0: the working width with --fast and on CPU, 320 on CUDA, EndoDAC's training width)."""
     depth_batch: int = 0
     """Frames per depth-adaptation step (0: 2 with --fast, else 4)."""
     pose_width: int = 0
@@ -53,7 +56,7 @@ class VideoSettings:
         for name in ("image_fps", "depth_lr", "pose_lr", "align_height"):
             if not getattr(self, name) > 0:
                 out.append(f"--video.{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        for name in ("depth_batch", "pose_width", "align_steps", "voxel_mm"):
+        for name in ("net_width", "depth_batch", "pose_width", "align_steps", "voxel_mm"):
             if getattr(self, name) < 0:
                 out.append(f"--video.{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.align_window < 1:

@@ -5,11 +5,18 @@ with the run (``pipeline.json``), so ``--resume`` and the report use the
 same numbers. Presets (a 2-core CPU was the yardstick for ``--fast``: a
 10 s clip in about 10 minutes):
 
-| | working width | frames | adapt steps | batch | refine steps | Gaussian steps (coarse + fine) |
-| --- | --- | --- | --- | --- | --- | --- |
-| ``--fast`` | 160 | 48 | 150 | 2 | 150 | 150 + 1000 (``endo3d.gs.train.FAST_DEFAULTS``) |
-| CPU | 256 | 96 | 600 | 4 | 300 | 300 + 2200 |
-| CUDA | 640 | 250 | 1500 | 4 | 300 | the anchors' 1000 + 3000 |
+| | working width | network width | frames | adapt steps | batch | refine steps | Gaussian steps (coarse + fine) |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+| ``--fast`` | 160 | 160 | 48 | 150 | 2 | 150 | 150 + 1000 (``endo3d.gs.train.FAST_DEFAULTS``) |
+| CPU | 256 | 256 | 96 | 600 | 4 | 300 | 300 + 2200 |
+| CUDA | 640 | 320 | 250 | 1000 | 4 | 300 | the anchors' 1000 + 3000 |
+
+The depth and pose networks see the frames at the *network width* (rounded
+to a multiple of 14 for the ViT). On CUDA that is half the working width:
+EndoDAC trains at 320x256. On an H100, adaptation at the full 640x512
+(644x518 network input, batch 4) ran at 4.7 steps/s, so 1500 steps alone
+took about 5.3 minutes of a 250-frame run. Their depth is upsampled to the
+working size, at which the Gaussians train.
 
 The stride, when not given, is the smallest that keeps at most that many
 frames over the chosen time range, so a long video is subsampled evenly
@@ -27,9 +34,12 @@ from endo3d.pipeline.cameras import network_size
 from endo3d.pipeline.frames import working_size
 
 PRESETS = {
-    "fast": dict(width=160, max_frames=48, adapt_steps=150, depth_batch=2, pose_width=16, align_steps=150),
-    "cpu": dict(width=256, max_frames=96, adapt_steps=600, depth_batch=4, pose_width=32, align_steps=300),
-    "cuda": dict(width=640, max_frames=250, adapt_steps=1500, depth_batch=4, pose_width=64, align_steps=300),
+    "fast": dict(width=160, net_width=160, max_frames=48, adapt_steps=150, depth_batch=2, pose_width=16,
+                 align_steps=150),
+    "cpu": dict(width=256, net_width=256, max_frames=96, adapt_steps=600, depth_batch=4, pose_width=32,
+                align_steps=300),
+    "cuda": dict(width=640, net_width=320, max_frames=250, adapt_steps=1000, depth_batch=4, pose_width=64,
+                 align_steps=300),
 }
 MIN_FRAMES = 4
 """Fewest frames a video run accepts: frame 1 is held out, and self-supervision needs a training frame with
@@ -82,7 +92,8 @@ def make_plan(config: ReconstructConfig, *, frames: int, fps: float, source_size
     stride = config.stride or max(1, math.ceil(frames_in_range(frames, fps, config.start, config.end) / max_frames))
     adapt = config.adapt_steps or p["adapt_steps"]
     warmup = v.pose_warmup if v.pose_warmup >= 0 else adapt // 4
-    net_height, net_width = network_size(height, width)
+    net_width = min(v.net_width or p["net_width"], width)
+    net_height, net_width = network_size(height * net_width / width, net_width)
     return VideoPlan(
         preset=preset, width=width, height=height, stride=stride, max_frames=max_frames, adapt_steps=adapt,
         pose_warmup=min(warmup, adapt - 1), depth_batch=v.depth_batch or p["depth_batch"],

@@ -13,6 +13,7 @@ import torch
 from endo3d.cli.main import main
 from endo3d.gs.config import ReconstructConfig
 from endo3d.io import VideoWriter, probe_video, read_png, read_rgb
+from endo3d.pipeline.config import VideoSettings
 from endo3d.pipeline.fusion import read_mesh_ply
 from endo3d.pipeline.plan import make_plan
 from endo3d.pipeline.run import STAGES, nearest_training_frame, split
@@ -56,6 +57,11 @@ def test_plan_fills_zeros_from_the_video_and_device():
                         frames=250, fps=25.0, source_size=(360, 640), cuda=True)
     assert clipped.stride == 1 and clipped.width == 640  # 50 frames fit; never wider than the video
     assert clipped.pose_warmup == clipped.adapt_steps // 4
+    assert (clipped.net_width, clipped.net_height) == (322, 182)  # half the working 640x360 on CUDA, 14-aligned
+    assert (fast.net_width, fast.net_height) == (160 // 14 * 14, 84)
+    narrow = make_plan(ReconstructConfig(input=Path("v.mp4"), out=Path("r"), video=VideoSettings(net_width=9000)),
+                       frames=250, fps=25.0, source_size=(360, 640), cuda=True)
+    assert narrow.net_width == 644  # never wider than the working width (640, rounded to 14)
 
 
 def test_run_folder_has_every_output(run):
