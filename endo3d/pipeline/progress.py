@@ -4,13 +4,21 @@ Each stage has a *weight*, its expected share of the run's time (from the
 plan's step counts and measured per-step costs). The bar counts weighted
 work from 0 to 100 %, so tqdm's rate and ETA describe the whole run, and
 its label names the stage: ``[3/6] cameras: refine 120/300``.
+
+The seconds per stage can be kept in a file (:meth:`StageProgress.keep_in`)
+so that a resumed run reports each stage's time over all its attempts, not
+only the resumed part.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from endo3d.core.fs import write_bytes_atomic
 
 
 class StageProgress:
@@ -28,6 +36,7 @@ class StageProgress:
         self.shares = {k: 1000.0 * v / total for k, v in weights.items()}
         self.names = list(weights)
         self.seconds: dict[str, float] = {}
+        self._log: Path | None = None
         self._bar: Any = tqdm(total=1000, disable=not enabled, dynamic_ncols=True,
                               bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
         self._done = 0.0
@@ -58,12 +67,27 @@ class StageProgress:
 
         yield update
         self._advance_to(start_value + share)
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+        self._add(name, time.perf_counter() - started)
 
     def record(self, name: str, seconds: float) -> None:
         """Mark stage ``name`` done outside the bar (work before the bar was drawn) and keep its time."""
         self._advance_to(sum(self.shares[n] for n in self.names[:self.names.index(name) + 1]))
-        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self._add(name, seconds)
+
+    def keep_in(self, path: Path) -> None:
+        """Add the seconds an earlier, interrupted attempt left in ``path`` (JSON) and keep the totals there
+        after every stage from now on."""
+        if path.is_file():
+            for name, seconds in json.loads(path.read_text()).items():
+                self.seconds[name] = self.seconds.get(name, 0.0) + float(seconds)
+        self._log = path
+        self._add(None, 0.0)
+
+    def _add(self, name: str | None, seconds: float) -> None:
+        if name is not None:
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        if self._log is not None:
+            write_bytes_atomic(self._log, json.dumps(self.seconds).encode())
 
     def close(self) -> None:
         self._bar.close()

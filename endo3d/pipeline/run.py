@@ -24,6 +24,8 @@ Everything is written into ``.RUN.partial`` and renamed to ``RUN`` at the
 end. Each stage leaves its result there (the depth run, ``cameras.pt``,
 ``mesh.ply``, the Gaussians' checkpoint), so ``--resume`` skips finished
 stages and continues the interrupted one; it refuses other settings.
+``metrics.json``'s ``stage_seconds`` sum each stage's wall time over all
+attempts, so a resumed run still shows what its finished stages cost.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ from endo3d.pipeline.plan import MIN_FRAMES, VideoPlan, make_plan
 from endo3d.pipeline.progress import StageProgress
 
 PIPELINE_JSON = "pipeline.json"
+STAGE_SECONDS_JSON = "stage_seconds.json"
+"""Seconds per stage so far, summed over the attempts of a resumed run (removed when the run finishes)."""
 CAMERAS_PT = "cameras.pt"
 STAGES = ("frames", "depth", "cameras", "mesh", "gaussians", "evaluate")
 FLAT_RELIEF = 0.02
@@ -142,6 +146,7 @@ def reconstruct_video(config: ReconstructConfig) -> ReconstructResult:
         with resumable_output_dir(config.out, overwrite=config.overwrite, resume=config.resume) as (run, _):
             if not (run / PIPELINE_JSON).is_file():
                 write_json(run / PIPELINE_JSON, settings)
+            progress.keep_in(run / STAGE_SECONDS_JSON)
             result = _stages(run, config, gs_config, plan, clip, K_given, device, backend, progress)
     finally:
         progress.close()
@@ -212,6 +217,7 @@ def _stages(run: Path, config: ReconstructConfig, gs_config: ReconstructConfig, 
             cameras.c2w = trainer.frames.c2w.double().cpu()
     with progress.stage("evaluate"):
         metrics = _evaluate(run, config, plan, clip, cameras, trainer, mesh, device, backend, progress)
+    (run / STAGE_SECONDS_JSON).unlink()  # in metrics.json now
     return ReconstructResult(run=Path(config.out), metrics=metrics)
 
 

@@ -140,6 +140,8 @@ def test_resume_skips_finished_stages(tissue, tmp_path, monkeypatch):
     assert (staging / "depth_model" / "run.json").is_file() and (staging / "cameras.pt").is_file()
     assert (staging / "mesh.ply").is_file() and not out.exists()
     before = torch.load(staging / "cameras.pt", weights_only=False)["c2w"]
+    first = json.loads((staging / "stage_seconds.json").read_text())
+    assert first["depth"] > 0 and "gaussians" not in first  # the interrupted stage is not counted
 
     monkeypatch.setattr(Trainer, "fit", original_fit)
 
@@ -150,6 +152,9 @@ def test_resume_skips_finished_stages(tissue, tmp_path, monkeypatch):
     assert main([*argv[:4], "--width", "80", *argv[6:], "--resume"]) == 2  # other settings: refused
     assert main([*argv, "--resume"]) == 0
     assert torch.equal(torch.load(out / "cameras.pt", weights_only=False)["c2w"], before)  # the stage was reused
+    seconds = json.loads((out / "metrics.json").read_text())["stage_seconds"]
+    assert all(seconds[k] >= first[k] for k in ("depth", "cameras", "mesh"))  # the first attempt's time counts
+    assert seconds["frames"] > first["frames"] and not (out / "stage_seconds.json").exists()
 
 
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tissue, tmp_path, capsys):
