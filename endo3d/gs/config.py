@@ -163,7 +163,7 @@ class ReconstructConfig:
     """Video input: a run folder of ``endo3d depth train|finetune`` to start depth and pose from."""
     adapt_steps: int = 0
     """Video input: self-supervised adaptation steps of depth, pose and intrinsics on the video's training
-    frames (0: 150 with --fast, 600 on CPU, 1500 on CUDA)."""
+    frames (0: 150 with --fast, 600 on CPU, 1000 on CUDA)."""
     video: VideoSettings = field(default_factory=VideoSettings)
 
     def problems(self) -> list[str]:

@@ -15,7 +15,7 @@ The depth and pose networks see the frames at the *network width* (rounded
 to a multiple of 14 for the ViT). On CUDA that is half the working width:
 EndoDAC trains at 320x256. On an H100, adaptation at the full 640x512
 (644x518 network input, batch 4) ran at 4.7 steps/s, so 1500 steps alone
-took about 5.3 minutes of a 250-frame run. Their depth is upsampled to the
+took about 5.3 minutes of a 250-frame run. The networks' depth is upsampled to the
 working size, at which the Gaussians train.
 
 The stride, when not given, is the smallest that keeps at most that many
