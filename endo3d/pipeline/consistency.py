@@ -98,37 +98,39 @@ def pair_losses(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, K: 
 
 def refine_cameras(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, K: np.ndarray, c2w: torch.Tensor,
                    *, steps: int, window: int, height: int, learn_focal: bool,
-                   on_step: Callable[[int], None] | None = None, seed: int = 0) -> Refined:
+                   on_step: Callable[[int], None] | None = None, seed: int = 0,
+                   device: torch.device | str = "cpu") -> Refined:
     """Fit per-frame depth scale and shift, pose corrections and (optionally) the focal length; module docstring.
 
     Args:
         rgb: ``(T, 3, H, W)`` training frames; valid: bool ``(T, 1, H, W)``; depth: ``(T, 1, H, W)`` mm;
         K: ``(3, 3)`` at ``(H, W)``; c2w: ``(T, 4, 4)``; steps: Adam steps; window: neighbours per side;
-        height: comparison height in pixels; learn_focal: fit the focal correction; seed: of the pair draws.
+        height: comparison height in pixels; learn_focal: fit the focal correction; seed: of the pair draws;
+        device: where the fit runs (inputs and results stay on the CPU).
     """
     H, W = rgb.shape[-2:]
     h = min(height, H)
     w = max(8, round(W * h / H))
-    small_rgb = F.interpolate(rgb, size=(h, w), mode="area")
-    small_valid = F.interpolate(valid.float(), size=(h, w), mode="area") > 0.999
-    small_depth = F.interpolate(depth, size=(h, w), mode="area").clamp_min(1e-3)
-    K0 = torch.from_numpy(resize_intrinsics(K, (H, W), (h, w))).float()
+    small_rgb = F.interpolate(rgb.to(device), size=(h, w), mode="area")
+    small_valid = F.interpolate(valid.to(device).float(), size=(h, w), mode="area") > 0.999
+    small_depth = F.interpolate(depth.to(device), size=(h, w), mode="area").clamp_min(1e-3)
+    K0 = torch.from_numpy(resize_intrinsics(K, (H, W), (h, w))).float().to(device)
     count = rgb.shape[0]
     median = float(small_depth[small_valid].median()) if bool(small_valid.any()) else float(small_depth.median())
-    log_scale = torch.zeros(count, requires_grad=True)
-    shift = torch.zeros(count, requires_grad=True)
-    xi = torch.zeros(count, 6, requires_grad=True)
-    log_focal = torch.zeros((), requires_grad=learn_focal)
-    free = torch.ones(count, 1)
+    log_scale = torch.zeros(count, device=device, requires_grad=True)
+    shift = torch.zeros(count, device=device, requires_grad=True)
+    xi = torch.zeros(count, 6, device=device, requires_grad=True)
+    log_focal = torch.zeros((), device=device, requires_grad=learn_focal)
+    free = torch.ones(count, 1, device=device)
     free[0] = 0  # the gauge frame
     params = [{"params": [log_scale, shift], "lr": 1e-2}, {"params": [xi], "lr": 1e-3}]
     if learn_focal:
         params.append({"params": [log_focal], "lr": 2e-3})
     optimizer = torch.optim.Adam(params)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - 0.9 * k / max(steps, 1))
-    unit = torch.tensor([1.0, 1.0, 1.0, median, median, median])  # xi: radians, and translation / median depth
-    pairs = frame_pairs(count, window)
-    base = c2w.float()
+    unit = torch.tensor([1.0, 1.0, 1.0, median, median, median], device=device)  # radians; translation / median
+    pairs = frame_pairs(count, window).to(device)
+    base = c2w.float().to(device)
 
     def objective(use: torch.Tensor) -> torch.Tensor:
         s = log_scale * free[:, 0]
@@ -147,7 +149,7 @@ def refine_cameras(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, 
     with torch.no_grad():
         before = float(objective(pairs)) if len(pairs) else 0.0
     for step in range(steps):
-        loss = objective(pairs[torch.randperm(len(pairs), generator=draw)[:PAIRS_PER_STEP]])
+        loss = objective(pairs[torch.randperm(len(pairs), generator=draw)[:PAIRS_PER_STEP].to(device)])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -156,8 +158,8 @@ def refine_cameras(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, 
             on_step(step + 1)
     with torch.no_grad():
         after = float(objective(pairs)) if len(pairs) else 0.0
-        scale = (log_scale * free[:, 0]).exp()
-        shift_mm = shift * free[:, 0] * median
-        poses = c2w @ se3_exp((xi * unit * free).double())
-    return Refined(c2w=poses, scale=scale.detach(), shift_mm=shift_mm.detach(),
+        scale = (log_scale * free[:, 0]).exp().cpu()
+        shift_mm = (shift * free[:, 0] * median).cpu()
+        poses = c2w @ se3_exp((xi * unit * free).double().cpu())
+    return Refined(c2w=poses, scale=scale, shift_mm=shift_mm,
                    focal_scale=float(log_focal.detach().exp()), loss_before=before, loss_after=after)

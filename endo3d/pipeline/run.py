@@ -233,7 +233,7 @@ def _cameras(run: Path, depth_run: Path, clip: Clip, train: list[int], K_given: 
     refined = refine_cameras(
         clip.rgb[train], clip.valid[train], raw.depth[train], raw.K, raw.c2w[train], steps=plan.align_steps,
         window=config.video.align_window, height=config.video.align_height, learn_focal=raw.K_estimated,
-        on_step=lambda s: update(s, f"refine {s}/{plan.align_steps}"), seed=config.seed,
+        on_step=lambda s: update(s, f"refine {s}/{plan.align_steps}"), seed=config.seed, device=device,
     )
     c2w = carry_corrections(raw.c2w, train, refined.c2w)
     K = raw.K.copy()

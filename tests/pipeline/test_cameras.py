@@ -122,9 +122,13 @@ def render_surface(c2w: torch.Tensor, K: torch.Tensor, height: int, width: int):
     return _texture(p[..., 0], p[..., 1]).float(), t[None].float()
 
 
-def test_refinement_recovers_per_frame_depth_scales_and_poses_on_an_analytic_surface():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_refinement_recovers_per_frame_depth_scales_and_poses_on_an_analytic_surface(device):
     """Exact images and depth of a textured surface from 6 cameras; the depth of every frame but the first is
-    scaled by 0.8..1.2 and poses are disturbed by ~1 degree / 0.5 mm. The refinement must undo most of it."""
+    scaled by 0.8..1.2 and poses are disturbed by ~1 degree / 0.5 mm. The refinement must undo most of it,
+    on either device (the results come back on the CPU)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
     g = torch.Generator().manual_seed(3)
     H, W = 48, 64
     K = torch.tensor([[60.0, 0, 31.5], [0, 60.0, 23.5], [0, 0, 1]], dtype=torch.float64)
@@ -140,8 +144,9 @@ def test_refinement_recovers_per_frame_depth_scales_and_poses_on_an_analytic_sur
     noise[0] = 0
     disturbed = c2w @ se3_exp(noise)
     out = refine_cameras(rgb, valid, depth * scales[:, None, None, None], K.numpy(), disturbed, steps=250,
-                         window=2, height=48, learn_focal=False)
+                         window=2, height=48, learn_focal=False, device=device)
     assert out.loss_after < 0.5 * out.loss_before
+    assert {out.c2w.device.type, out.scale.device.type, out.shift_mm.device.type} == {"cpu"}
     corrected = out.scale[:, None, None, None] * scales[:, None, None, None] * depth + out.shift_mm[:, None, None, None]
     before = float(((scales[:, None, None, None] - 1) * depth).abs().mean() / depth.mean())
     after = float((corrected - depth).abs().mean() / depth.mean())
