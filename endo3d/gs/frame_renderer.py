@@ -83,7 +83,7 @@ class FrameRenderer:
         """Identity, address and shape of every parameter and buffer, the SH degree and the kernel backend."""
         tensors = itertools.chain(self.model.parameters(), self.model.buffers())
         return (tuple((id(x), x.data_ptr(), tuple(x.shape)) for x in tensors), self.model.sh_degree,
-                kernel_backend(), self.deform)
+                kernel_backend())
 
     def _replay(self, t: float | torch.Tensor, centre: torch.Tensor) -> SplatInputs:
         state = self._state_key()
