@@ -21,13 +21,15 @@ checkpoint), or when the SH degree or the kernel backend changes, the graph
 is captured again.
 
 On the CPU, and with ``graph=False``, each frame simply calls
-:meth:`DeformableGaussians.render`. Both paths give the same images (the
+:meth:`DeformableGaussians.render`. So does a renderer whose capture failed
+(an operation that cannot be recorded): one warning says why. Both paths give the same images (the
 CUDA parity test checks this); gradients are off in both.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Hashable
 
 import torch
@@ -38,6 +40,8 @@ from endo3d.gs.rasterize import RenderOutput, rasterize
 from endo3d.kernels.build import backend as kernel_backend
 
 __all__ = ["FrameRenderer"]
+
+LOG = logging.getLogger("endo3d.gs")
 
 
 class FrameRenderer:
@@ -73,9 +77,8 @@ class FrameRenderer:
     def __call__(self, c2w: torch.Tensor, K: torch.Tensor, width: int, height: int, t: float | torch.Tensor, *,
                  background: torch.Tensor | None = None) -> RenderOutput:
         """The render at time ``t`` (normalised, a number or a 0-d tensor) from ``c2w`` (4,4), ``K`` (3,3)."""
-        if self.uses_graph:
-            inputs = self._replay(t, c2w[:3, 3])
-        else:
+        inputs = self._replay(t, c2w[:3, 3]) if self.uses_graph else None
+        if inputs is None:
             inputs = self.model.splat_inputs(t, c2w[:3, 3], self.deform)
         return rasterize(*inputs, invert_pose(c2w), K, width, height, background=background, backend=self.backend)
 
@@ -85,10 +88,17 @@ class FrameRenderer:
         return (tuple((id(x), x.data_ptr(), tuple(x.shape)) for x in tensors), self.model.sh_degree,
                 kernel_backend())
 
-    def _replay(self, t: float | torch.Tensor, centre: torch.Tensor) -> SplatInputs:
+    def _replay(self, t: float | torch.Tensor, centre: torch.Tensor) -> SplatInputs | None:
+        """Part 1 from the graph (captured first if the model changed); None if it cannot be captured."""
         state = self._state_key()
         if state != self._state:
-            self._capture(centre.device)
+            try:
+                self._capture(centre.device)
+            except RuntimeError as e:  # an operation that cannot be recorded: eager from now on
+                LOG.warning("FrameRenderer: CUDA graph capture failed (%s); rendering eagerly",
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+                self.graph, self._captured, self._outputs, self._state = False, None, None, None
+                return None
             self._state = state
         if isinstance(t, torch.Tensor):
             self._t.copy_(t.reshape(()))

@@ -52,6 +52,28 @@ def test_cpu_renders_are_the_models_own() -> None:
     assert not torch.equal(still.rgb, render(_camera("cpu"), K, W, H, 0.9).rgb)  # the field moves things
 
 
+def test_a_failed_capture_falls_back_to_eager_rendering_once(monkeypatch, caplog) -> None:
+    model = _scene()
+    render = FrameRenderer(model)
+    calls = []
+
+    def fails(device):
+        calls.append(device)
+        raise RuntimeError("operation not permitted when stream is capturing\nmore")
+
+    monkeypatch.setattr(FrameRenderer, "uses_graph", property(lambda self: self.graph is not False))
+    monkeypatch.setattr(render, "_capture", fails)
+    with caplog.at_level("WARNING", logger="endo3d.gs"):
+        first = render(_camera("cpu"), K, W, H, 0.5)
+        second = render(_camera("cpu"), K, W, H, 0.7)
+    assert len(calls) == 1 and render.graph is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "FrameRenderer: CUDA graph capture failed (operation not permitted when stream is capturing); "
+        "rendering eagerly"]
+    assert torch.equal(first.rgb, model.render(_camera("cpu"), K, W, H, 0.5).rgb)
+    assert torch.equal(second.rgb, model.render(_camera("cpu"), K, W, H, 0.7).rgb)
+
+
 @pytest.mark.cuda
 def test_cuda_graph_matches_eager_and_follows_the_model() -> None:
     if not torch.cuda.is_available():
