@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from endo3d.core import check_shape
-from endo3d.geometry import axis_angle_to_matrix
+from endo3d.geometry import axis_angle_to_matrix, pose_from_rt
 
 __all__ = ["PoseNet", "PoseOutput", "focal_start_logits", "intrinsics_from_raw", "pose_from_raw"]
 
@@ -132,11 +132,7 @@ class PoseOutput(NamedTuple):
 
 def pose_from_raw(raw: torch.Tensor, translation_scale_mm: float) -> torch.Tensor:
     """``(B, 6)`` decoder output (axis-angle, translation) -> ``(B, 4, 4)`` rigid transform."""
-    R = axis_angle_to_matrix(raw[:, :3] * ROTATION_SCALE)
-    T = torch.eye(4, dtype=raw.dtype, device=raw.device).repeat(raw.shape[0], 1, 1)
-    T[:, :3, :3] = R
-    T[:, :3, 3] = raw[:, 3:6] * translation_scale_mm
-    return T
+    return pose_from_rt(axis_angle_to_matrix(raw[:, :3] * ROTATION_SCALE), raw[:, 3:6] * translation_scale_mm)
 
 
 def intrinsics_from_raw(z_focal: torch.Tensor, z_centre: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,6 +23,12 @@ from endo3d.io import Dataset, open_dataset
 def is_test_frame(index: int) -> bool:
     """The anchors' held-out rule: ``(i - 1) % 8 == 0``."""
     return (index - 1) % 8 == 0
+
+
+def split(indices: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Training and held-out *positions* of frames numbered ``indices`` (held out: :func:`is_test_frame`)."""
+    test = [k for k, i in enumerate(indices) if is_test_frame(int(i))]
+    return [k for k in range(len(indices)) if k not in test], test
 
 
 @dataclass
@@ -108,8 +115,7 @@ def load_frames(path: str | Path, *, depth_dir: Path | None = None) -> FrameSet:
     gt_depth = _stack_depth(dataset, frames)
     depth = _read_depth_dir(depth_dir, frames) if depth_dir is not None else gt_depth
     index = np.array([f.index for f in frames])
-    test = [i for i in range(n) if is_test_frame(int(index[i]))]
-    train = [i for i in range(n) if i not in test]
+    train, test = split(index)
     return FrameSet(
         rgb=torch.stack([f.rgb for f in frames]),
         valid=torch.stack([f.valid for f in frames]),

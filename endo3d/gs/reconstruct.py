@@ -178,8 +178,7 @@ def _reconstruct(config: ReconstructConfig) -> ReconstructResult:
         write_json(run / "config.json", to_dict(config))
         trainer.fit(run, progress=config.progress)
         if config.refine_poses == "on":
-            trainer.frames.c2w = trainer.cameras()
-            frames.c2w = trainer.frames.c2w.cpu()
+            frames.c2w = trainer.bake_cameras().cpu()
         model = trainer.model.eval()
         means, per_frame, lpips_note = evaluate(model, trainer.frames, run, trainer.background, backend)
         repeats = 5 if device.type == "cuda" else 1

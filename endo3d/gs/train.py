@@ -128,6 +128,7 @@ class Trainer:
         # moves (a fixed gauge frame stayed misaligned once the others had pulled the Gaussians along: measured
         # 14 dB on it vs 24-27 dB on the rest of a real clip); the world frame floats with the Gaussians.
         self.pose_delta = torch.zeros(len(frames), 6, device=device, requires_grad=config.refine_poses == "on")
+        self.pose_unit = torch.tensor([1.0, 1.0, 1.0] + [self.scene_scale] * 3, device=device)
         self.pose_optimizer = (torch.optim.Adam([self.pose_delta], lr=config.lr.poses)
                                if config.refine_poses == "on" else None)
 
@@ -175,8 +176,7 @@ class Trainer:
         --refine-poses)."""
         if self.pose_optimizer is None:
             return self.frames.c2w[i]
-        unit = torch.tensor([1.0, 1.0, 1.0] + [self.scene_scale] * 3, device=self.device)
-        return self.frames.c2w[i] @ se3_exp(self.pose_delta[i] * unit)
+        return self.frames.c2w[i] @ se3_exp(self.pose_delta[i] * self.pose_unit)
 
     def cameras(self) -> torch.Tensor:
         """``(N, 4, 4)`` c2w of every frame: corrected training poses; each held-out frame keeps its input
@@ -185,6 +185,14 @@ class Trainer:
         with torch.no_grad():
             corrected = torch.stack([self.camera(i) for i in train])
         return carry_corrections(self.frames.c2w, train, corrected)
+
+    def bake_cameras(self) -> torch.Tensor:
+        """After training: :meth:`cameras` become ``frames.c2w`` and the corrections are reset (so
+        :meth:`camera` keeps returning the same poses); returns them."""
+        self.frames.c2w = self.cameras()
+        with torch.no_grad():
+            self.pose_delta.zero_()
+        return self.frames.c2w
 
     # -- one step -------------------------------------------------------------------------------------
 

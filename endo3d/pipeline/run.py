@@ -45,7 +45,7 @@ from endo3d.core.errors import InputError
 from endo3d.core.fs import check_resumable_output, resumable_output_dir, staging_dir
 from endo3d.depth.config import DepthTrainConfig
 from endo3d.gs.config import ReconstructConfig
-from endo3d.gs.data import FrameSet, is_test_frame
+from endo3d.gs.data import FrameSet, split
 from endo3d.gs.metrics import image_metrics, mean_metrics
 from endo3d.gs.reconstruct import (
     RENDER_DEPTH_SCALE_MM, ReconstructResult, choose_backend, evaluate, render_fps, resolved_backend, write_json,
@@ -84,12 +84,6 @@ class Cameras:
     c2w: torch.Tensor
     K: np.ndarray
     info: dict[str, Any]
-
-
-def split(count: int) -> tuple[list[int], list[int]]:
-    """Training and held-out positions of a clip of ``count`` frames (held out: ``(i - 1) % 8 == 0``)."""
-    test = [i for i in range(count) if is_test_frame(i)]
-    return [i for i in range(count) if i not in test], test
 
 
 def nearest_training_frame(i: int, train: list[int]) -> int:
@@ -175,7 +169,7 @@ def _check_resume(config: ReconstructConfig, settings: dict[str, Any]) -> None:
 def _stages(run: Path, config: ReconstructConfig, gs_config: ReconstructConfig, plan: VideoPlan, clip: Clip,
             K_given: np.ndarray | None, device: torch.device, backend: str,
             progress: StageProgress) -> ReconstructResult:
-    train, test = split(len(clip))
+    train, test = split(range(len(clip)))
     with progress.stage("depth", plan.adapt_steps) as update:
         depth_config = DepthTrainConfig(
             data=(clip.source,), out=run / cam.DEPTH_RUN, weights=config.depth_weights, init=config.depth_init,
@@ -213,8 +207,7 @@ def _stages(run: Path, config: ReconstructConfig, gs_config: ReconstructConfig, 
         write_json(run / "config.json", to_dict(gs_config))
         trainer.fit(run, progress=False, on_step=lambda s: update(s, f"step {s}/{trainer.schedule.total}"))
         if gs_config.refine_poses == "on":
-            trainer.frames.c2w = trainer.cameras()
-            cameras.c2w = trainer.frames.c2w.double().cpu()
+            cameras.c2w = trainer.bake_cameras().double().cpu()
     with progress.stage("evaluate"):
         metrics = _evaluate(run, config, plan, clip, cameras, trainer, mesh, device, backend, progress)
     (run / STAGE_SECONDS_JSON).unlink()  # in metrics.json now

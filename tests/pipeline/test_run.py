@@ -16,7 +16,8 @@ from endo3d.io import VideoWriter, probe_video, read_png, read_rgb
 from endo3d.pipeline.config import VideoSettings
 from endo3d.pipeline.fusion import read_mesh_ply
 from endo3d.pipeline.plan import make_plan
-from endo3d.pipeline.run import STAGES, nearest_training_frame, split
+from endo3d.gs.data import split
+from endo3d.pipeline.run import STAGES, nearest_training_frame
 
 # every stage runs, each for a few steps
 TINY = ["--width", "64", "--adapt-steps", "4", "--video.pose-warmup", "1", "--video.depth-batch", "2",
@@ -42,7 +43,7 @@ def run(video, tmp_path_factory) -> Path:
 
 
 def test_split_and_nearest_training_frame():
-    train, test = split(18)
+    train, test = split(range(18))
     assert test == [1, 9, 17] and len(train) == 15
     assert nearest_training_frame(1, train) == 0 and nearest_training_frame(9, train) == 8
     assert nearest_training_frame(17, train) == 16
@@ -102,7 +103,7 @@ def test_metrics_recompute_from_the_renders_and_the_video(run, video):
         render = torch.from_numpy(read_rgb(run / "renders" / f"{i:06d}.png"))
         m = image_metrics(render, clip.rgb[i], clip.valid[i])
         assert m.psnr == pytest.approx(row["psnr"], abs=1e-4)
-        baseline = image_metrics(clip.rgb[nearest_training_frame(i, split(len(clip))[0])], clip.rgb[i],
+        baseline = image_metrics(clip.rgb[nearest_training_frame(i, split(range(len(clip)))[0])], clip.rgb[i],
                                  clip.valid[i])
         assert baseline.psnr == pytest.approx(row["baseline_psnr"], abs=1e-4)
 
