@@ -104,13 +104,15 @@ def fuse_tsdf(depth: np.ndarray, rgb: np.ndarray, valid: np.ndarray, K: np.ndarr
         raise ValueError(f"fuse_tsdf: min_weight must be positive, got {min_weight}")
     points = _sample_points(depth, Ks, c2w)
     if voxel_mm is None:
-        voxel_mm = _auto_voxel_mm(depth, Ks, points)
+        voxel_mm, blocks = _auto_voxel_mm(depth, Ks, points)
     elif not voxel_mm > 0:
         raise ValueError(f"fuse_tsdf: voxel_mm must be positive, got {voxel_mm}")
+    else:
+        blocks = _surface_blocks(points, float(voxel_mm))
     voxel_mm = float(voxel_mm)
     grid = o3d.t.geometry.VoxelBlockGrid(
         ("tsdf", "weight", "color"), (o3c.float32, o3c.float32, o3c.float32), ((1,), (1,), (3,)),
-        voxel_mm, BLOCK_RESOLUTION, _initial_capacity(points, voxel_mm), o3c.Device("CPU:0"))
+        voxel_mm, BLOCK_RESOLUTION, _initial_capacity(blocks), o3c.Device("CPU:0"))
     depth_max = float(depth.max()) + voxel_mm  # all valid pixels pass open3d's depth_max test
     for d, c, k, pose in zip(depth, rgb, Ks, c2w):
         depth_image = o3d.t.geometry.Image(o3c.Tensor(d))
@@ -173,8 +175,7 @@ def _sample_points(depth: np.ndarray, Ks: np.ndarray, c2w: np.ndarray) -> np.nda
     """World points ``(M, 3)`` mm of the valid pixels on a regular pixel stride that keeps M near
     :data:`_SAMPLE_PIXELS`: ``X = R d K^-1 [u, v, 1] + t`` with ``c2w = [R t]``."""
     stride = max(1, int(np.ceil(np.sqrt(depth.size / _SAMPLE_PIXELS))))
-    v, u = np.mgrid[0:depth.shape[1]:stride, 0:depth.shape[2]:stride]
-    pixels = np.stack([u, v, np.ones_like(u)], axis=-1).reshape(-1, 3).astype(np.float64)
+    pixels = _pixels(depth.shape[1], depth.shape[2], stride)
     points = []
     for d, k, pose in zip(depth[:, ::stride, ::stride], Ks, c2w):
         z = d.reshape(-1).astype(np.float64)
@@ -182,6 +183,13 @@ def _sample_points(depth: np.ndarray, Ks: np.ndarray, c2w: np.ndarray) -> np.nda
         camera = (pixels[keep] @ np.linalg.inv(k).T) * z[keep, None]
         points.append(camera @ pose[:3, :3].T + pose[:3, 3])
     return np.concatenate(points)
+
+
+def _pixels(height: int, width: int, stride: int = 1) -> np.ndarray:
+    """Homogeneous pixel coordinates ``(u, v, 1)``, float64 ``(M, 3)``, of every ``stride``-th row and column,
+    row-major."""
+    v, u = np.mgrid[0:height:stride, 0:width:stride]
+    return np.stack([u, v, np.ones_like(u)], axis=-1).reshape(-1, 3).astype(np.float64)
 
 
 def _surface_blocks(points: np.ndarray, voxel_mm: float) -> int:
@@ -192,21 +200,21 @@ def _surface_blocks(points: np.ndarray, voxel_mm: float) -> int:
     return len(np.unique((cells[:, 0] * span[1] + cells[:, 1]) * span[2] + cells[:, 2]))
 
 
-def _initial_capacity(points: np.ndarray, voxel_mm: float) -> int:
-    """Blocks to allocate up front: about twice the surface's blocks (the truncation band), at most
-    ``4 * MAX_SURFACE_BLOCKS``; open3d's CPU hash map grows beyond it when needed."""
-    return min(2 * _surface_blocks(points, voxel_mm) + 64, 4 * MAX_SURFACE_BLOCKS)
+def _initial_capacity(surface_blocks: int) -> int:
+    """Blocks to allocate up front: about twice the surface's blocks (:func:`_surface_blocks`; the truncation
+    band), at most ``4 * MAX_SURFACE_BLOCKS``; open3d's CPU hash map grows beyond it when needed."""
+    return min(2 * surface_blocks + 64, 4 * MAX_SURFACE_BLOCKS)
 
 
-def _auto_voxel_mm(depth: np.ndarray, Ks: np.ndarray, points: np.ndarray) -> float:
+def _auto_voxel_mm(depth: np.ndarray, Ks: np.ndarray, points: np.ndarray) -> tuple[float, int]:
     """Two pixels' footprint at the median depth, ``2 * median(d) / f``, grown by
     ``sqrt(blocks / MAX_SURFACE_BLOCKS)`` (a surface's block count falls as 1 / voxel^2) until the
-    points occupy at most :data:`MAX_SURFACE_BLOCKS` blocks."""
+    points occupy at most :data:`MAX_SURFACE_BLOCKS` blocks; returns the voxel and that block count."""
     focal = float(np.median(np.sqrt(Ks[:, 0, 0] * Ks[:, 1, 1])))
     voxel = 2.0 * float(np.median(depth[depth > 0])) / focal
     while (blocks := _surface_blocks(points, voxel)) > MAX_SURFACE_BLOCKS:
         voxel *= 1.05 * np.sqrt(blocks / MAX_SURFACE_BLOCKS)
-    return voxel
+    return voxel, blocks
 
 
 _VERTEX = np.dtype([(name, "<f4") for name in ("x", "y", "z", "nx", "ny", "nz")]
@@ -298,9 +306,7 @@ def mesh_picture(mesh: FusedMesh, K: np.ndarray, c2w: np.ndarray, width: int, he
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3c.Tensor(np.ascontiguousarray(mesh.vertices, dtype=np.float32)),
                         o3c.Tensor(np.ascontiguousarray(mesh.faces, dtype=np.uint32)))
-    v, u = np.mgrid[0:height, 0:width]
-    pixels = np.stack([u, v, np.ones_like(u)], axis=-1).reshape(-1, 3).astype(np.float64)
-    rays_cam = pixels @ np.linalg.inv(K).T  # z = 1, so the hit distance is z-depth
+    rays_cam = _pixels(height, width) @ np.linalg.inv(K).T  # z = 1, so the hit distance is z-depth
     pose = np.asarray(c2w, dtype=np.float64)
     hits = _cast(scene, pose, rays_cam)
     if pull_back > 0:

@@ -204,12 +204,17 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, An
 
 def _table(headings: Sequence[str] | None, rows: Sequence[Sequence[str]], numeric: Sequence[int] = ()) -> str:
     """An HTML table of escaped text; columns in ``numeric`` are right-aligned."""
-    head = "" if headings is None else "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headings) + "</tr>"
+    head = "" if headings is None else _head_row(headings)
     body = "".join(
         "<tr>" + "".join(f'<td{" class=num" if i in numeric else ""}>{html.escape(str(cell))}</td>'
                          for i, cell in enumerate(row)) + "</tr>"
         for row in rows)
     return f"<table>{head}{body}</table>"
+
+
+def _head_row(headings: Sequence[str]) -> str:
+    """A table row of escaped column headings."""
+    return "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headings) + "</tr>"
 
 
 def _timings_table(timings: Mapping[str, float]) -> str:
@@ -225,7 +230,7 @@ def _strip(strips: Sequence[StripRow], headings: Sequence[str]) -> str:
     if not strips:
         return "<p>No test frames.</p>"
     columns = max(len(row.images) for row in strips)
-    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headings) + "</tr>" if headings else ""
+    head = _head_row(headings) if headings else ""
     rows = []
     for row in strips:
         names = headings or [f"picture {i + 1}" for i in range(len(row.images))]
