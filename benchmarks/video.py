@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from endo3d.depth.config import DepthFinetuneConfig
-from endo3d.depth.evaluate import frame_depth_metrics, umeyama
+from endo3d.depth.evaluate import ate_rpe, frame_depth_metrics, intrinsics_error
 from endo3d.depth.train import train
 from endo3d.gs.config import ReconstructConfig
 from endo3d.gs.reconstruct import reconstruct
@@ -67,11 +67,9 @@ def score(dataset: Path, run: Path) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     pred = np.array([f["c2w"] for f in cameras["frames"]])
     gt = np.stack([f.c2w for f in frames])
-    centres = gt[:, :3, 3]
-    s, R, t = umeyama(pred[:, :3, 3], centres)
-    aligned = s * pred[:, :3, 3] @ R.T + t
-    ate = float(np.sqrt(np.mean(np.sum((aligned - centres) ** 2, axis=1))))
-    path = float(np.sum(np.linalg.norm(np.diff(centres, axis=0), axis=1)))
+    pose = ate_rpe(pred, gt)
+    ate = pose["ate_mm"]
+    path = float(np.sum(np.linalg.norm(np.diff(gt[:, :3, 3], axis=0), axis=1)))
     rels = []
     for k, f in enumerate(frames):
         pred_depth = np.load(run / "depth" / f"{k:06d}.npy")
@@ -80,12 +78,10 @@ def score(dataset: Path, run: Path) -> dict:
         out = frame_depth_metrics(gt_depth, np.maximum(pred_depth, 1e-3), cap_mm=150.0, valid=valid)
         if out is not None:
             rels.append(out[0]["abs_rel"])
-    K_gt = frames[0].K
-    K = np.array(cameras["K"])
-    focal = float(np.mean([abs(K[0, 0] - K_gt[0, 0]) / K_gt[0, 0], abs(K[1, 1] - K_gt[1, 1]) / K_gt[1, 1]]))
+    focal_pct = intrinsics_error(np.array(cameras["K"]), frames[0].K)["focal_error_pct"]
     return {
         "frames": len(frames), "ate_mm": ate, "path_mm": path, "ate_pct_path": 100 * ate / max(path, 1e-9),
-        "sim3_scale": float(s), "abs_rel": float(np.mean(rels)), "focal_error_pct": 100 * focal,
+        "sim3_scale": pose["scale"], "abs_rel": float(np.mean(rels)), "focal_error_pct": focal_pct,
         "psnr": metrics["psnr"], "psnr_nearest_frame": metrics["baseline_nearest_frame"]["psnr"],
         "stage_seconds": metrics["stage_seconds"], "total_seconds": sum(metrics["stage_seconds"].values()),
         "num_gaussians": metrics["num_gaussians"],
