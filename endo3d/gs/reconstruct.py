@@ -31,7 +31,6 @@ from endo3d.gs.config import ReconstructConfig
 from endo3d.gs.data import FrameSet, load_frames
 from endo3d.gs.metrics import ImageMetrics, image_metrics, load_lpips, mean_metrics
 from endo3d.gs.frame_renderer import FrameRenderer
-from endo3d.gs.model import DeformableGaussians
 from endo3d.core.device import resolve_device
 from endo3d.gs.train import CHECKPOINT, Trainer
 from endo3d.io import encode_depth, rgb_to_uint8, write_png, write_rgb
@@ -68,8 +67,8 @@ def resolved_backend(name: str, device: torch.device) -> str:
 
 
 @torch.no_grad()
-def evaluate(model: DeformableGaussians, frames: FrameSet, out: Path | None, background: torch.Tensor,
-             backend: str) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+def evaluate(render: FrameRenderer, frames: FrameSet, out: Path | None,
+             background: torch.Tensor) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
     """Render and score the test frames; write ``renders/`` into ``out`` when given.
 
     Returns the mean metrics, the per-frame metrics and a note on LPIPS.
@@ -79,7 +78,6 @@ def evaluate(model: DeformableGaussians, frames: FrameSet, out: Path | None, bac
     rows = []
     if out is not None:
         (out / "renders" / "depth").mkdir(parents=True, exist_ok=True)
-    render = FrameRenderer(model, backend=backend)
     for i in frames.test:
         r = render(frames.c2w[i], frames.K[i], frames.width, frames.height, frames.t[i], background=background)
         stored = quantise(r.rgb)
@@ -99,15 +97,10 @@ def evaluate(model: DeformableGaussians, frames: FrameSet, out: Path | None, bac
 
 
 @torch.no_grad()
-def render_fps(model: DeformableGaussians, frames: FrameSet, background: torch.Tensor, backend: str,
-               repeats: int = 1) -> float:
-    """Frames per second of rendering every frame with deformation (one warm-up render first).
-
-    Rendering goes through :class:`FrameRenderer`, as every inference render
-    does (on CUDA its graph is captured during the warm-up).
-    """
+def render_fps(render: FrameRenderer, frames: FrameSet, background: torch.Tensor, repeats: int = 1) -> float:
+    """Frames per second of rendering every frame with deformation (one warm-up render first, which on CUDA
+    captures the renderer's graph if it has none yet)."""
     sync = torch.cuda.synchronize if frames.rgb.is_cuda else (lambda: None)
-    render = FrameRenderer(model, backend=backend)
     render(frames.c2w[0], frames.K[0], frames.width, frames.height, frames.t[0], background=background)
     sync()
     start = time.perf_counter()
@@ -147,8 +140,8 @@ def reconstruct(config: ReconstructConfig) -> ReconstructResult:
     if not source.exists():
         raise InputError(source, "missing")
     dataset = is_dataset(source)
-    if dataset and config.video_flags_set():
-        raise InputError(source, f"{', '.join(config.video_flags_set())}: only for a video or image-folder input, "
+    if dataset and (flags := config.video_flags_set()):
+        raise InputError(source, f"{', '.join(flags)}: only for a video or image-folder input, "
                                  "this is a dataset folder")
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
@@ -180,9 +173,10 @@ def _reconstruct(config: ReconstructConfig) -> ReconstructResult:
         if config.refine_poses == "on":
             frames.c2w = trainer.bake_cameras().cpu()
         model = trainer.model.eval()
-        means, per_frame, lpips_note = evaluate(model, trainer.frames, run, trainer.background, backend)
+        render = FrameRenderer(model, backend=backend)
+        means, per_frame, lpips_note = evaluate(render, trainer.frames, run, trainer.background)
         repeats = 5 if device.type == "cuda" else 1
-        fps = render_fps(model, trainer.frames, trainer.background, backend, repeats=repeats)
+        fps = render_fps(render, trainer.frames, trainer.background, repeats=repeats)
         model.export_ply(run / "point_cloud.ply", t=0.0)
         write_json(run / "cameras.json", cameras_json(frames))
         metrics = {

@@ -46,6 +46,7 @@ from endo3d.core.fs import check_resumable_output, resumable_output_dir, staging
 from endo3d.depth.config import DepthTrainConfig
 from endo3d.gs.config import ReconstructConfig
 from endo3d.gs.data import FrameSet, split
+from endo3d.gs.frame_renderer import FrameRenderer
 from endo3d.gs.metrics import image_metrics, mean_metrics
 from endo3d.gs.reconstruct import (
     RENDER_DEPTH_SCALE_MM, ReconstructResult, choose_backend, evaluate, render_fps, resolved_backend, write_json,
@@ -273,7 +274,8 @@ def _evaluate(run: Path, config: ReconstructConfig, plan: VideoPlan, clip: Clip,
 
     model = trainer.model.eval()
     frames = trainer.frames
-    means, per_frame, lpips_note = evaluate(model, frames, run, trainer.background, backend)
+    render = FrameRenderer(model, backend=backend)
+    means, per_frame, lpips_note = evaluate(render, frames, run, trainer.background)
     baseline_rows = []
     for i in frames.test:
         j = nearest_training_frame(i, frames.train)
@@ -281,7 +283,7 @@ def _evaluate(run: Path, config: ReconstructConfig, plan: VideoPlan, clip: Clip,
     baseline = mean_metrics(baseline_rows)
     for row, b in zip(per_frame, baseline_rows):
         row["baseline_psnr"] = b.psnr
-    fps = render_fps(model, frames, trainer.background, backend, repeats=5 if device.type == "cuda" else 1)
+    fps = render_fps(render, frames, trainer.background, repeats=5 if device.type == "cuda" else 1)
     model.export_ply(run / "point_cloud.ply", t=0.0)
     (run / "depth").mkdir(exist_ok=True)
     for i in range(len(clip)):
