@@ -31,9 +31,10 @@ def _av() -> Any:
 def _ffmpeg_errors() -> tuple[type[Exception], ...]:
     return (_av().error.FFmpegError, UnicodeDecodeError)
 
-# A frame is kept when its time is >= start_s - _TIME_EPS, so that a start
-# written as a decimal (0.28) matches a timestamp computed as pts * time_base.
-_TIME_EPS = 1e-6
+TIME_EPS = 1e-6
+"""A frame at time t is in ``[start_s, end_s)`` when ``t >= start_s - TIME_EPS`` and ``t < end_s - TIME_EPS``,
+so that a start written as a decimal (0.28) matches a timestamp computed as pts * time_base (the video
+pipeline applies the same rule to image folders)."""
 
 
 def _reason(e: Exception) -> str:
@@ -178,9 +179,9 @@ def _decode(path: Path, container: Any, stream: Any, fps: float, start_s: float,
             return
         for index, frame in enumerate(container.decode(stream)):
             t = frame.time if frame.time is not None else index / fps
-            if end_s is not None and t >= end_s - _TIME_EPS:
+            if end_s is not None and t >= end_s - TIME_EPS:
                 return
-            if t < start_s - _TIME_EPS:
+            if t < start_s - TIME_EPS:
                 continue
             in_range += 1
             if (in_range - 1) % stride == 0:

@@ -40,15 +40,11 @@ import torch.nn.functional as F
 
 from endo3d.core.errors import InputError
 from endo3d.io.images import png_size, read_png
-from endo3d.io.video import probe_video, read_video
+from endo3d.io.video import TIME_EPS, probe_video, read_video
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MIN_SIZE = 16  # smallest working height or width, pixels
-
-# A frame at time t is in [start_s, end_s) when t >= start_s - eps and
-# t < end_s - eps: the same rule as endo3d.io.read_video, for image folders.
-_TIME_EPS = 1e-6
 
 # Field of view (see detect_fov).
 _FOV_PERCENTILE = 0.9  # temporal percentile of luma per pixel
@@ -184,13 +180,17 @@ def _open_source(path: Path, image_fps: float) -> _Source:
         if not files:
             raise InputError(path, f"no images ({' '.join(IMAGE_SUFFIXES)}) in this folder")
         h, w = _image_size(files[0])
-        return _Source(path, len(files), h, w, float(image_fps), tuple(files))
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise InputError(path, f"not a video ({' '.join(VIDEO_SUFFIXES)}) or a folder of images")
-    info = probe_video(path)
-    if info.num_frames == 0:
-        raise InputError(path, "the video has no frames")
-    return _Source(path, info.num_frames, info.height, info.width, info.fps)
+        source = _Source(path, len(files), h, w, float(image_fps), tuple(files))
+    else:
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise InputError(path, f"not a video ({' '.join(VIDEO_SUFFIXES)}) or a folder of images")
+        info = probe_video(path)
+        if info.num_frames == 0:
+            raise InputError(path, "the video has no frames")
+        source = _Source(path, info.num_frames, info.height, info.width, info.fps)
+    if min(source.height, source.width) < MIN_SIZE:
+        raise InputError(path, f"frames of {source.width}x{source.height} are smaller than {MIN_SIZE} pixels")
+    return source
 
 
 def probe_clip(path: str | Path, *, image_fps: float = 25.0) -> tuple[int, int, int, float]:
@@ -201,7 +201,8 @@ def probe_clip(path: str | Path, *, image_fps: float = 25.0) -> tuple[int, int, 
     ``image_fps``.
 
     Raises:
-        InputError: missing, unreadable, not a video or folder, or no frames.
+        InputError: missing, unreadable, not a video or folder, no frames, or frames smaller than
+            :data:`MIN_SIZE`.
     """
     source = _open_source(Path(path), image_fps)
     return source.frames, source.height, source.width, source.fps
@@ -249,9 +250,9 @@ def _resize_rgb(rgb: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 def _select_positions(times: np.ndarray, start_s: float, end_s: float | None, stride: int,
                       max_frames: int) -> np.ndarray:
     """Positions kept from frame ``times`` (s): those in [start_s, end_s), every stride-th, the first max_frames."""
-    in_range = times >= start_s - _TIME_EPS
+    in_range = times >= start_s - TIME_EPS
     if end_s is not None:
-        in_range &= times < end_s - _TIME_EPS
+        in_range &= times < end_s - TIME_EPS
     kept = np.flatnonzero(in_range)[::stride]
     return kept[:max_frames] if max_frames > 0 else kept
 
@@ -334,8 +335,6 @@ def load_clip(path: str | Path, *, start_s: float = 0.0, end_s: float | None = N
     path = Path(path)
     _check_options(path, start_s, end_s, stride, max_frames, width)
     source = _open_source(path, image_fps)
-    if min(source.height, source.width) < MIN_SIZE:
-        raise InputError(path, f"frames of {source.width}x{source.height} are smaller than {MIN_SIZE} pixels")
     size_hw = working_size((source.height, source.width), width)
     if source.is_video:
         frames, index, times = _decode_video(source, start_s, end_s, stride, max_frames, size_hw)

@@ -129,8 +129,6 @@ def reconstruct_video(config: ReconstructConfig) -> ReconstructResult:
     if len(clip) < MIN_FRAMES:
         raise InputError(config.input, f"only {len(clip)} frame(s) selected: the pipeline needs at least "
                                        f"{MIN_FRAMES} (check --start/--end/--stride/--max-frames)")
-    if not bool(clip.fov.any()):
-        raise InputError(config.input, "no pixel inside the detected field of view")
     settings = _settings(config, plan)
     if config.resume:
         _check_resume(config, settings)

@@ -288,6 +288,7 @@ BAD_INPUTS = [
     "missing", "wrong suffix", "unreadable video", "empty folder", "start equals end", "start after end",
     "start beyond the clip", "negative start", "stride 0", "negative max_frames", "tiny width",
     "images of different sizes", "corrupt image", "zero image fps", "missing masks", "masks of an unknown kind",
+    "tiny frames",
 ]
 
 
@@ -305,6 +306,7 @@ def bad_inputs(synthetic, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     write_png(mixed / "0002.png", synthetic.frames[2, :64])
     corrupt = write_images(tmp / "corrupt", synthetic.frames[:1])
     (corrupt / "0001.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    tiny = write_images(tmp / "tiny", synthetic.frames[:2, :8, :8])
     video = synthetic.video
 
     def on(path: Path, **options) -> tuple[Path, dict]:
@@ -330,6 +332,7 @@ def bad_inputs(synthetic, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
         "zero image fps": on(mixed, image_fps=0.0),
         "missing masks": with_masks(tmp / "no_masks"),
         "masks of an unknown kind": with_masks(text),
+        "tiny frames": on(tiny),
     }
 
 
@@ -342,7 +345,7 @@ def test_bad_input_is_one_line_input_error(bad_inputs, case):
     assert message.startswith(str(prefix)) and "\n" not in message, message
 
 
-@pytest.mark.parametrize("case", ["missing", "wrong suffix", "unreadable video", "empty folder"])
+@pytest.mark.parametrize("case", ["missing", "wrong suffix", "unreadable video", "empty folder", "tiny frames"])
 def test_probe_bad_input(bad_inputs, case):
     path, _ = bad_inputs[case]
     with pytest.raises(InputError) as error:
