@@ -116,17 +116,17 @@ def check_resumable_output(path: str | os.PathLike[str], *, overwrite: bool = Fa
                                     "or --overwrite to start again")
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place (readers never see half a
-    file); the file gets the usual permissions of the umask."""
+def write_bytes_atomic(path: str | os.PathLike[str], *chunks: bytes) -> None:
+    """Write ``chunks`` one after the other to a temporary file beside ``path`` and rename it into place
+    (readers never see half a file); the file gets the usual permissions of the umask."""
     final = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-

@@ -42,7 +42,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -52,7 +51,7 @@ from torch import nn
 
 from endo3d.core import check_shape
 from endo3d.core.errors import InputError
-from endo3d.core.fs import current_umask
+from endo3d.core.fs import write_bytes_atomic
 from endo3d.gs.sh import MAX_SH_DEGREE, num_sh_bases, rgb_to_sh0
 
 __all__ = ["SPLAT_KEYS", "create_splats", "read_ply", "sh_degree_of", "to_splats", "write_ply"]
@@ -203,17 +202,7 @@ def write_ply(
         ["ply\n", "format binary_little_endian 1.0\n", *(f"comment {c}\n" for c in comments),
          f"element vertex {n}\n", *(f"property float {name}\n" for name in names), "end_header\n"]
     )
-    final = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.encode("ascii"))
-            f.write(data.tobytes())
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, header.encode("ascii"), data.tobytes())
 
 
 def read_ply(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
