@@ -38,6 +38,8 @@ import numpy as np
 import torch
 
 from endo3d.core.errors import InputError
+from endo3d.io.images import IMAGE_SUFFIXES
+from endo3d.io.video import VIDEO_SUFFIXES
 
 __all__ = [
     "FrameSequence",
@@ -52,8 +54,6 @@ __all__ = [
     "simcol_pose_to_c2w",
 ]
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclass

@@ -33,6 +33,8 @@ from endo3d.core.errors import Endo3dError, InputError
 
 PathLike = str | os.PathLike[str]
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+"""File suffixes of the frames of an image folder."""
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Channels of each PNG colour type once libpng has expanded palettes.
 _CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}

@@ -31,6 +31,8 @@ def _av() -> Any:
 def _ffmpeg_errors() -> tuple[type[Exception], ...]:
     return (_av().error.FFmpegError, UnicodeDecodeError)
 
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm")
+"""File suffixes taken for videos where a path may be a video or a folder of images."""
 TIME_EPS = 1e-6
 """A frame at time t is in ``[start_s, end_s)`` when ``t >= start_s - TIME_EPS`` and ``t < end_s - TIME_EPS``,
 so that a start written as a decimal (0.28) matches a timestamp computed as pts * time_base (the video

@@ -39,11 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from endo3d.core.errors import InputError
-from endo3d.io.images import png_size, read_png
-from endo3d.io.video import TIME_EPS, probe_video, read_video
+from endo3d.io.images import IMAGE_SUFFIXES, png_size, read_png
+from endo3d.io.video import TIME_EPS, VIDEO_SUFFIXES, probe_video, read_video
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MIN_SIZE = 16  # smallest working height or width, pixels
 
 # Field of view (see detect_fov).
