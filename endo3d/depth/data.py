@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from endo3d.core.errors import InputError
+from endo3d.io import is_dataset
 from endo3d.io.images import IMAGE_SUFFIXES
 from endo3d.io.video import VIDEO_SUFFIXES
 
@@ -527,7 +528,7 @@ def _detect(path: Path) -> list[FrameSequence]:
         raise InputError(path, f"not a video file (known suffixes: {', '.join(VIDEO_SUFFIXES)}) nor a folder")
     if not path.is_dir():
         raise InputError(path, "missing")
-    if (path / "meta.json").exists() or (path / "poses_bounds.npy").exists():
+    if is_dataset(path):
         return [_from_dataset(path)]
     if (path / "data" / "left_finalpass").is_dir():
         return [_scared(path / "data")]

@@ -33,7 +33,7 @@ from endo3d.gs.metrics import ImageMetrics, image_metrics, load_lpips, mean_metr
 from endo3d.gs.frame_renderer import FrameRenderer
 from endo3d.core.device import resolve_device
 from endo3d.gs.train import CHECKPOINT, Trainer
-from endo3d.io import encode_depth, rgb_to_uint8, write_png, write_rgb
+from endo3d.io import encode_depth, is_dataset, rgb_to_uint8, write_png, write_rgb
 
 RENDER_DEPTH_SCALE_MM = 0.01
 """Depth renders are stored like dataset depth: uint16, depth_mm = value * 0.01."""
@@ -123,11 +123,6 @@ def cameras_json(frames: FrameSet) -> dict[str, Any]:
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-
-
-def is_dataset(path: Path) -> bool:
-    """Whether ``path`` is an ``endo3d/v1`` or EndoNeRF folder (else a video file or an image folder)."""
-    return path.is_dir() and ((path / "meta.json").exists() or (path / "poses_bounds.npy").exists())
 
 
 def reconstruct(config: ReconstructConfig) -> ReconstructResult:

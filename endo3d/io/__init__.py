@@ -41,6 +41,13 @@ from endo3d.io.images import (
 from endo3d.io.video import VideoFrame, VideoInfo, VideoWriter, probe_video, read_video
 
 
+def is_dataset(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a dataset folder :func:`open_dataset` reads (``meta.json``: endo3d/v1, or
+    ``poses_bounds.npy``: EndoNeRF)."""
+    root = Path(path)
+    return root.is_dir() and ((root / "meta.json").exists() or (root / "poses_bounds.npy").exists())
+
+
 def open_dataset(path: str | os.PathLike[str]) -> Dataset:
     """Open a dataset folder of either format, with each reader's defaults.
 
@@ -56,7 +63,7 @@ def open_dataset(path: str | os.PathLike[str]) -> Dataset:
 __all__ = [
     "CHANNELS", "Dataset", "DatasetMeta", "DatasetWriter", "EndoNerfDataset", "Frame", "FrameRecord", "PngInfo",
     "VideoFrame", "VideoInfo", "VideoWriter", "decode_depth", "decode_flow", "decode_normals", "encode_depth",
-    "encode_flow", "encode_normals", "endonerf_intrinsics", "llff_to_opencv", "open_dataset", "png_info",
+    "encode_flow", "encode_normals", "endonerf_intrinsics", "is_dataset", "llff_to_opencv", "open_dataset", "png_info",
     "png_size", "probe_video", "read_dataset", "read_endonerf", "read_meta", "read_png",
     "read_rgb", "read_video", "rgb_to_uint8", "write_frame_files", "write_png", "write_rgb",
 ]
