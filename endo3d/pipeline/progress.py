@@ -81,11 +81,13 @@ class StageProgress:
             for name, seconds in json.loads(path.read_text()).items():
                 self.seconds[name] = self.seconds.get(name, 0.0) + float(seconds)
         self._log = path
-        self._add(None, 0.0)
+        self._save()
 
-    def _add(self, name: str | None, seconds: float) -> None:
-        if name is not None:
-            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+    def _add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self._save()
+
+    def _save(self) -> None:
         if self._log is not None:
             write_bytes_atomic(self._log, json.dumps(self.seconds).encode())
 
