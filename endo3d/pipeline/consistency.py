@@ -3,9 +3,11 @@
 The networks' depth maps agree with their motion only on average; per frame
 the scale drifts. Following Endo3DAC's reconstruction step, each training
 frame ``k`` gets a depth scale and shift, ``d'_k = exp(s_k) d_k + b_k m``
-(``m``: the median depth of the clip, so ``b_k`` is unit-free), and a pose
-correction ``c2w'_k = c2w_k exp(xi_k)`` (``xi_k`` in se(3): axis-angle, and
-translation in units of ``m``); with estimated intrinsics the focal
+(``m``: the median depth of the clip, so ``b_k`` is unit-free), and its
+motion from the previous training frame a correction,
+``M'_k = M_k exp(xi_k)`` (``xi_k`` in se(3): axis-angle, and translation in
+units of ``m``; :func:`corrected` chains them back into poses, so fixing one
+motion carries every later camera); with estimated intrinsics the focal
 length gets a shared log-correction ``f' = exp(phi) f``. All are fitted
 jointly over every pair of training frames at most ``window`` training
 frames apart, both directions, minimising
@@ -15,11 +17,17 @@ frames apart, both directions, minimising
 
 on pixels valid in both frames, plus a small penalty on the shifts, with
 Adam whose rates fall linearly to 10 %, on a random subset of the pairs each
-step. The
-first training frame is the gauge: its pose and scale stay fixed. The
-frames are compared at ``align_height`` pixels high. Held-out frames are not
-in any pair: their poses are the networks' motion from the previous
-training frame applied to its refined pose (:func:`endo3d.geometry.carry_corrections`).
+step, coarse to fine over an image pyramid (:data:`LEVELS`). The first
+training frame is the gauge: its pose and scale stay fixed. The finest level
+compares the frames at ``align_height`` pixels high. Held-out frames are not
+in any pair: their poses start from the networks' motion from the previous
+training frame applied to its refined pose (:func:`endo3d.geometry.carry_corrections`),
+then :func:`register_frames` aligns each to its fixed training neighbours.
+
+Measured on a simulated colon (16 frames, ground-truth depth and K, the pose
+net's chain as the start): per-camera corrections stalled at 17 % of the
+path length (ATE), the chained motion corrections reach 2.6 %, where the
+objective equals its value at the true poses.
 """
 
 from __future__ import annotations
@@ -39,6 +47,13 @@ GEOMETRIC_WEIGHT = 0.5
 """Weight of the geometric term against the photometric one."""
 SHIFT_WEIGHT = 1e-2
 """Weight of the squared per-frame depth shifts (unit-free): a shift is used only where it pays."""
+POSE_LR = 3e-3
+"""Adam learning rate of the motion corrections (radians, and translation in units of the median depth)."""
+FOCAL_LR = 1e-2
+"""Adam learning rate of the log focal correction."""
+LEVELS = 3
+"""Pyramid levels: the steps are split evenly over the comparison height / 4, / 2 and full, coarse first, so
+the first steps see motions of several pixels as a fraction of one."""
 PAIRS_PER_STEP = 48
 """Pairs drawn at random for each step (all pairs when there are fewer): the cost of a step stays flat in
 the clip length."""
@@ -96,8 +111,46 @@ def pair_losses(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, K: 
     return photometric, geometric
 
 
+Level = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""One pyramid level: rgb, valid, depth (clamped > 0) and K at its size."""
+
+
+def image_pyramid(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, K: np.ndarray, height: int,
+                  levels: int, device: torch.device | str) -> list[Level]:
+    """The frames area-downsampled to ``height / 2^l`` pixels high (at most their own), coarsest first."""
+    H, W = rgb.shape[-2:]
+    out = []
+    for level in reversed(range(levels)):
+        h = max(8, min(height, H) // 2 ** level)
+        w = max(8, round(W * h / H))
+        out.append((F.interpolate(rgb.to(device), size=(h, w), mode="area"),
+                    F.interpolate(valid.to(device).float(), size=(h, w), mode="area") > 0.999,
+                    F.interpolate(depth.to(device), size=(h, w), mode="area").clamp_min(1e-3),
+                    torch.from_numpy(resize_intrinsics(K, (H, W), (h, w))).float().to(device)))
+    return out
+
+
+def valid_median(level: Level) -> float:
+    """Median depth over the level's valid pixels (over all when none is valid): the translation unit."""
+    _, valid, depth, _ = level
+    return float(depth[valid].median()) if bool(valid.any()) else float(depth.median())
+
+
+def corrected(c2w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``(T, 4, 4)`` poses whose consecutive motions ``M_k = c2w_{k-1}^-1 c2w_k`` carry the corrections
+    ``delta_k``: ``c2w'_0 = c2w_0 delta_0``, ``c2w'_k = c2w'_{k-1} M_k delta_k``.
+
+    A correction of one motion moves every later camera with it, so a drift in the chain is undone by one
+    step instead of diffusing through the window pairs of per-camera corrections."""
+    motions = invert_pose(c2w[:-1]) @ c2w[1:]
+    poses = [c2w[0] @ delta[0]]
+    for k in range(1, len(c2w)):
+        poses.append(poses[-1] @ motions[k - 1] @ delta[k])
+    return torch.stack(poses)
+
+
 def refine_cameras(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, K: np.ndarray, c2w: torch.Tensor,
-                   *, steps: int, window: int, height: int, learn_focal: bool,
+                   *, steps: int, window: int, height: int, learn_focal: bool, levels: int = LEVELS,
                    on_step: Callable[[int], None] | None = None, seed: int = 0,
                    device: torch.device | str = "cpu") -> Refined:
     """Fit per-frame depth scale and shift, pose corrections and (optionally) the focal length; module docstring.
@@ -108,35 +161,30 @@ def refine_cameras(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, 
         height: comparison height in pixels; learn_focal: fit the focal correction; seed: of the pair draws;
         device: where the fit runs (inputs and results stay on the CPU).
     """
-    H, W = rgb.shape[-2:]
-    h = min(height, H)
-    w = max(8, round(W * h / H))
-    small_rgb = F.interpolate(rgb.to(device), size=(h, w), mode="area")
-    small_valid = F.interpolate(valid.to(device).float(), size=(h, w), mode="area") > 0.999
-    small_depth = F.interpolate(depth.to(device), size=(h, w), mode="area").clamp_min(1e-3)
-    K0 = torch.from_numpy(resize_intrinsics(K, (H, W), (h, w))).float().to(device)
+    pyramid = image_pyramid(rgb, valid, depth, K, height, levels, device)
+    median = valid_median(pyramid[-1])
     count = rgb.shape[0]
-    median = float(small_depth[small_valid].median()) if bool(small_valid.any()) else float(small_depth.median())
     log_scale = torch.zeros(count, device=device, requires_grad=True)
     shift = torch.zeros(count, device=device, requires_grad=True)
     xi = torch.zeros(count, 6, device=device, requires_grad=True)
     log_focal = torch.zeros((), device=device, requires_grad=learn_focal)
     free = torch.ones(count, 1, device=device)
     free[0] = 0  # the gauge frame
-    params = [{"params": [log_scale, shift], "lr": 1e-2}, {"params": [xi], "lr": 1e-3}]
+    params = [{"params": [log_scale, shift], "lr": 1e-2}, {"params": [xi], "lr": POSE_LR}]
     if learn_focal:
-        params.append({"params": [log_focal], "lr": 2e-3})
+        params.append({"params": [log_focal], "lr": FOCAL_LR})
     optimizer = torch.optim.Adam(params)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - 0.9 * k / max(steps, 1))
     unit = torch.tensor([1.0, 1.0, 1.0, median, median, median], device=device)  # radians; translation / median
     pairs = frame_pairs(count, window).to(device)
     base = c2w.float().to(device)
 
-    def objective(use: torch.Tensor) -> torch.Tensor:
+    def objective(use: torch.Tensor, level: int = levels - 1) -> torch.Tensor:
+        small_rgb, small_valid, small_depth, K0 = pyramid[level]
         s = log_scale * free[:, 0]
         d = (s.exp()[:, None, None, None] * small_depth + (shift * free[:, 0])[:, None, None, None] * median)
         d = d.clamp_min(1e-3)
-        poses = base @ se3_exp(xi * unit * free)
+        poses = corrected(base, se3_exp(xi * unit * free))
         Kf = K0.clone()
         Kf[0, 0] = K0[0, 0] * log_focal.exp()
         Kf[1, 1] = K0[1, 1] * log_focal.exp()
@@ -149,7 +197,8 @@ def refine_cameras(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, 
     with torch.no_grad():
         before = float(objective(pairs)) if len(pairs) else 0.0
     for step in range(steps):
-        loss = objective(pairs[torch.randperm(len(pairs), generator=draw)[:PAIRS_PER_STEP].to(device)])
+        loss = objective(pairs[torch.randperm(len(pairs), generator=draw)[:PAIRS_PER_STEP].to(device)],
+                         level=step * levels // steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -160,6 +209,61 @@ def refine_cameras(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, 
         after = float(objective(pairs)) if len(pairs) else 0.0
         scale = (log_scale * free[:, 0]).exp().cpu()
         shift_mm = (shift * free[:, 0] * median).cpu()
-        poses = c2w @ se3_exp((xi * unit * free).double().cpu())
+        poses = corrected(c2w.double(), se3_exp((xi * unit * free).double().cpu()))
     return Refined(c2w=poses, scale=scale, shift_mm=shift_mm,
                    focal_scale=float(log_focal.detach().exp()), loss_before=before, loss_after=after)
+
+
+def register_frames(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, K: np.ndarray, c2w: torch.Tensor,
+                    frames: list[int], anchors: list[int], *, steps: int, height: int, levels: int = LEVELS,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """Register each of ``frames`` to its nearest ``anchors`` before and after it, which stay fixed.
+
+    Only frame ``i``'s pose moves, ``c2w'_i = c2w_i exp(xi_i)``: the same photometric + geometric objective as
+    :func:`refine_cameras` over the pairs ``(i, a)`` and ``(a, i)`` of each neighbour ``a``, with the given
+    (already consistent) depth of every frame and ``K``, coarse to fine. Nothing is learnt from frame ``i``
+    but its camera, so held-out frames may be registered this way.
+
+    Args:
+        rgb, valid, depth: ``(N, ...)`` all frames at the working size; K: ``(3, 3)``; c2w: ``(N, 4, 4)``
+        starting poses; frames: positions to register; anchors: fixed positions (ascending); steps: Adam
+        steps; height: finest comparison height.
+
+    Returns:
+        float64 ``(N, 4, 4)``: ``c2w`` with the registered frames replaced.
+    """
+    out = c2w.double().clone()
+    if not frames or not anchors or steps <= 0:
+        return out
+    groups = []
+    for i in frames:
+        before = [a for a in anchors if a < i][-1:]
+        after = [a for a in anchors if a > i][:1]
+        groups.append([i] + before + after)
+    order = [k for g in groups for k in g]
+    first = [sum(len(g) for g in groups[:n]) for n in range(len(groups))]
+    pairs = torch.tensor([(first[n], first[n] + m) for n, g in enumerate(groups) for m in range(1, len(g))]
+                         + [(first[n] + m, first[n]) for n, g in enumerate(groups) for m in range(1, len(g))],
+                         dtype=torch.long, device=device)
+    pyramid = image_pyramid(rgb[order], valid[order], depth[order], K, height, levels, device)
+    median = valid_median(pyramid[-1])
+    unit = torch.tensor([1.0, 1.0, 1.0, median, median, median], device=device)
+    moving = torch.zeros(len(order), 1, device=device)
+    moving[first] = 1
+    xi = torch.zeros(len(order), 6, device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([xi], lr=POSE_LR)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - 0.9 * k / steps)
+    base = c2w[order].float().to(device)
+    for step in range(steps):
+        small_rgb, small_valid, small_depth, Kl = pyramid[step * levels // steps]
+        poses = base @ se3_exp(xi * unit * moving)
+        photometric, geometric = pair_losses(small_rgb, small_valid, small_depth, Kl, poses, pairs)
+        optimizer.zero_grad(set_to_none=True)
+        (photometric + GEOMETRIC_WEIGHT * geometric).backward()
+        optimizer.step()
+        schedule.step()
+    with torch.no_grad():
+        delta = se3_exp((xi * unit).double().cpu())
+    for n, i in enumerate(frames):
+        out[i] = out[i] @ delta[first[n]]
+    return out
