@@ -190,6 +190,10 @@ class DepthTrainConfig(TrainSettings):
     pose_warmup: int = 200
     """First steps that train only the pose / intrinsics net, the depth net frozen: the new pose net's near-zero
     motion first grows to the scale of the --init / --weights depth instead of the depth shrinking to meet it."""
+    prior_weight: float = 0.0
+    """Weight of the depth's scale-invariant log distance to the starting network's (--weights / --init) on the
+    same frames: a short adaptation then refines the prior's shape instead of trading it for what a young pose
+    net explains (0: off)."""
 
     def check(self) -> None:
         super().check()
@@ -201,6 +205,8 @@ class DepthTrainConfig(TrainSettings):
             raise InputError("settings", f"need --pose-width >= 4 and --pose-lr > 0, got {self.pose_width}, {self.pose_lr}")
         if not self.intrinsics_lr > 0:
             raise InputError("settings", f"--intrinsics-lr must be > 0, got {self.intrinsics_lr}")
+        if not self.prior_weight >= 0:
+            raise InputError("settings", f"--prior-weight must be >= 0, got {self.prior_weight}")
         if not 0 <= self.pose_warmup < self.steps:
             raise InputError("settings", f"--pose-warmup must be in [0, --steps), got {self.pose_warmup}")
 

@@ -22,10 +22,11 @@ The mode is the config's type: :class:`DepthTrainConfig` or
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -238,12 +239,15 @@ def set_trainable(net: DepthNet, *, full: bool, train_head: bool) -> None:
 
 def self_supervised_step(
     net: DepthNet, pose: PoseNet, batch: Batch, config: DepthTrainConfig, noise_gen: torch.Generator,
-    *, train_depth: bool = True,
+    *, train_depth: bool = True, prior: DepthNet | None = None,
 ) -> losses.LossTerms:
     """Predict depths and the motion to each neighbour, then the view-synthesis loss.
 
     With ``train_depth=False`` (the pose warm-up) the depth network runs
-    without gradients: only the pose / intrinsics network learns.
+    without gradients: only the pose / intrinsics network learns. With a
+    frozen ``prior`` network, ``config.prior_weight`` times the
+    scale-invariant log distance ``std(log d - log d_prior)`` over valid
+    pixels joins the total.
     """
     with torch.set_grad_enabled(train_depth and torch.is_grad_enabled()):
         depths = net(batch.target)
@@ -257,12 +261,18 @@ def self_supervised_step(
                         for ok, src in zip(source_valid, batch.sources)]
     b, _, h, w = batch.target.shape
     noise = 1e-5 * torch.randn(b, len(batch.sources), h, w, generator=noise_gen).to(batch.target.device)
-    return losses.view_synthesis_loss(
+    terms = losses.view_synthesis_loss(
         depths, batch.target, batch.sources, [o.T for o in outs], Ks,  # type: ignore[arg-type]
         brightness=[o.brightness for o in outs] if config.brightness else None,
         target_valid=valid, source_valid=source_valid, ssim_weight=config.ssim_weight,
         smoothness=config.smoothness, automask=config.automask, noise=noise,
     )
+    if prior is not None and train_depth:
+        with torch.no_grad():
+            reference = prior.depth(batch.target)
+        anchor = losses.silog_loss(depths[0], reference, valid, variance_focus=1.0)
+        terms = replace(terms, total=terms.total + config.prior_weight * anchor)
+    return terms
 
 
 def supervised_step(net: DepthNet, batch: Batch, config: DepthFinetuneConfig) -> torch.Tensor:
@@ -354,6 +364,9 @@ def train(config: DepthTrainConfig | DepthFinetuneConfig, *, stop_after: int | N
             else:
                 (stage / "settings.json").write_text(json.dumps(settings, indent=1))
             net, pose, base = build_models(config, device)
+            prior = None
+            if self_supervised and config.prior_weight > 0:  # the starting network, before any step or resume
+                prior = copy.deepcopy(net).eval().requires_grad_(False)
             if resuming and (stage / BASE_FILE).is_file():
                 net.backbone.load_state_dict({**net.backbone.state_dict(), **_load_base(stage)})
             elif config.weights is None and not config.full:
@@ -392,7 +405,7 @@ def train(config: DepthTrainConfig | DepthFinetuneConfig, *, stop_after: int | N
                 if self_supervised:
                     assert pose is not None and isinstance(config, DepthTrainConfig)
                     terms = self_supervised_step(net, pose, batch, config, noise,
-                                                 train_depth=step >= config.pose_warmup)
+                                                 train_depth=step >= config.pose_warmup, prior=prior)
                     loss = terms.total
                 else:
                     assert isinstance(config, DepthFinetuneConfig)
