@@ -11,7 +11,9 @@ Stages (one progress bar across them, :class:`~endo3d.pipeline.progress.StagePro
 3. **cameras**: the networks on every frame
    (:func:`~endo3d.pipeline.cameras.predict_cameras`), then per-frame depth
    scale / shift, pose and focal refinement over the training frames
-   (:func:`~endo3d.pipeline.consistency.refine_cameras`).
+   (:func:`~endo3d.pipeline.consistency.refine_cameras`); each held-out
+   frame's camera is then registered to its training neighbours
+   (:func:`~endo3d.pipeline.consistency.register_frames`: only its pose moves).
 4. **mesh** (:mod:`endo3d.pipeline.fusion`): TSDF fusion of the training
    frames' depth -> ``mesh.ply``.
 5. **gaussians** (:class:`endo3d.gs.train.Trainer`): the deformable model on
@@ -54,7 +56,7 @@ from endo3d.gs.reconstruct import (
 from endo3d.gs.train import CHECKPOINT, Trainer, schedule_steps
 from endo3d.pipeline import cameras as cam
 from endo3d.geometry import anchor_of, carry_corrections
-from endo3d.pipeline.consistency import refine_cameras
+from endo3d.pipeline.consistency import refine_cameras, register_frames
 from endo3d.pipeline.frames import Clip, load_clip, probe_clip
 from endo3d.pipeline.plan import MIN_FRAMES, VideoPlan, make_plan
 from endo3d.pipeline.progress import StageProgress
@@ -108,7 +110,7 @@ def _weights(plan: VideoPlan, gs_steps: int, frames: int) -> dict[str, float]:
     pixels = plan.width * plan.height / (160 * 90)
     tokens = plan.net_height * plan.net_width / (84 * 154)
     return {"frames": 0.05 * frames, "depth": 0.35 * plan.depth_batch * tokens * plan.adapt_steps,
-            "cameras": 0.25 * plan.align_steps + 0.1 * frames, "mesh": 3.0,
+            "cameras": 0.3 * plan.align_steps + 0.1 * frames, "mesh": 3.0,
             "gaussians": 0.17 * pixels ** 0.5 * gs_steps, "evaluate": 5.0 + 0.2 * frames}
 
 
@@ -175,6 +177,7 @@ def _stages(run: Path, config: ReconstructConfig, gs_config: ReconstructConfig, 
             encoder=config.video.encoder, height=plan.net_height, width=plan.net_width, steps=plan.adapt_steps,
             batch_size=plan.depth_batch, lr=config.video.depth_lr, pose_lr=config.video.pose_lr,
             pose_width=plan.pose_width, pose_warmup=plan.pose_warmup, seed=config.seed,
+            prior_weight=config.video.prior_weight if config.depth_weights or config.depth_init else 0.0,
             intrinsics="learn" if K_given is None else "known", specular_threshold=1.0,
             checkpoint_every=max(25, plan.adapt_steps // 5), device=config.device, progress=False,
         )
@@ -234,6 +237,10 @@ def _cameras(run: Path, depth_run: Path, clip: Clip, train: list[int], K_given: 
     follows = torch.tensor([anchor_of(i, train) for i in range(len(clip))])  # each frame's training frame
     scale, shift = refined.scale[follows], refined.shift_mm[follows]
     depth = (scale[:, None, None, None] * raw.depth + shift[:, None, None, None]).clamp_min(0) * clip.fov
+    update(plan.align_steps, "register held-out frames")
+    test = [i for i in range(len(clip)) if i not in set(train)]
+    c2w = register_frames(clip.rgb, clip.valid, depth, K, c2w, test, train, steps=plan.align_steps,
+                          height=config.video.align_height, device=device)
     info = {"K_estimated": raw.K_estimated, "focal_px": float(K[0, 0]), "focal_scale_refined": refined.focal_scale,
             "refine_loss_before": refined.loss_before, "refine_loss_after": refined.loss_after,
             "depth_scale_range": [float(refined.scale.min()), float(refined.scale.max())],
