@@ -20,7 +20,8 @@ machine without PyAV).
 
 A depth *prior* stands in for the foundation weights a user would pass:
 ``endo3d depth finetune`` (supervised) on simulated scenes of another seed,
-given to each run as ``--depth-init``. ``--no-prior`` runs from scratch.
+given to each run as ``--depth-init`` (a ``--work`` folder's prior is reused, so two lengths can run as two
+processes on one prior). ``--no-prior`` runs from scratch.
 
 Usage:
     python benchmarks/video.py [--lengths 24 48] [--size 160x128] [--fast] [--no-prior]
@@ -42,6 +43,7 @@ import torch
 
 from endo3d.depth.config import DepthFinetuneConfig
 from endo3d.depth.evaluate import ate_rpe, frame_depth_metrics, intrinsics_error
+from endo3d.depth.run import RUN_JSON
 from endo3d.depth.train import train
 from endo3d.gs.config import ReconstructConfig
 from endo3d.gs.reconstruct import reconstruct
@@ -123,9 +125,11 @@ def main() -> None:
                                             overwrite=True), progress=False)
             prior = work / "prior"
             net_h, net_w = 14 * round(height / 14), 14 * round(width / 14)
-            train(DepthFinetuneConfig(data=tuple(sources), out=prior, steps=args.prior_steps, loss="silog",
-                                      full=True, height=net_h, width=net_w, device=args.device, overwrite=True,
-                                      seed=args.seed, progress=False, checkpoint_every=args.prior_steps))
+            if not (prior / RUN_JSON).is_file():  # a --work folder's prior is reused (e.g. by a second length)
+                train(DepthFinetuneConfig(data=tuple(sources), out=prior, steps=args.prior_steps, loss="silog",
+                                          full=True, height=net_h, width=net_w, device=args.device,
+                                          overwrite=True, seed=args.seed, progress=False,
+                                          checkpoint_every=args.prior_steps))
             prior_seconds = time.perf_counter() - start
         for scene in args.scenes:
             for length in args.lengths:

@@ -62,8 +62,10 @@ class LearningRates:
     """Planes of the HexPlane field."""
     deform_basis: float = 1.6e-3
     """Per-Gaussian temporal basis parameters (Deform3DGS)."""
-    poses: float = 1e-3
-    """Camera corrections with --refine-poses: radians, and translation in units of the scene scale."""
+    poses: float = 3e-4
+    """Camera corrections with --refine-poses: radians, and translation in units of the scene scale. On a
+    simulated colon video after the camera stage's bundle adjustment, 1e-3 moved the cameras off (ATE 2.7 ->
+    3.2 % of the path, held-out PSNR 28.5 dB) where 3e-4 kept them (2.7 %, 30.7 dB)."""
     final_ratio: float = 0.01
     """Positions and deformation rates decay to this share of their start by the last step."""
 
