@@ -17,12 +17,7 @@ import numpy as np
 import torch
 
 from endo3d.core.errors import InputError
-from endo3d.io import Dataset, open_dataset
-
-
-def is_test_frame(index: int) -> bool:
-    """The anchors' held-out rule: ``(i - 1) % 8 == 0``."""
-    return (index - 1) % 8 == 0
+from endo3d.io import Dataset, is_test_frame, open_dataset
 
 
 def split(indices: Sequence[int]) -> tuple[list[int], list[int]]:

@@ -17,6 +17,7 @@ from endo3d.io.dataset import (
     DatasetWriter,
     Frame,
     FrameRecord,
+    is_test_frame,
     read_dataset,
     read_meta,
     write_frame_files,
@@ -63,7 +64,7 @@ def open_dataset(path: str | os.PathLike[str]) -> Dataset:
 __all__ = [
     "CHANNELS", "Dataset", "DatasetMeta", "DatasetWriter", "EndoNerfDataset", "Frame", "FrameRecord", "PngInfo",
     "VideoFrame", "VideoInfo", "VideoWriter", "decode_depth", "decode_flow", "decode_normals", "encode_depth",
-    "encode_flow", "encode_normals", "endonerf_intrinsics", "is_dataset", "llff_to_opencv", "open_dataset", "png_info",
+    "encode_flow", "encode_normals", "endonerf_intrinsics", "is_dataset", "is_test_frame", "llff_to_opencv", "open_dataset", "png_info",
     "png_size", "probe_video", "read_dataset", "read_endonerf", "read_meta", "read_png",
     "read_rgb", "read_video", "rgb_to_uint8", "write_frame_files", "write_png", "write_rgb",
 ]

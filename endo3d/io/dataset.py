@@ -675,3 +675,9 @@ class DatasetWriter:
             raise ValueError(f"{self.out_dir}: dataset not written: {problems[0]}")
         text = json.dumps(meta.to_json(), indent=1, allow_nan=False, default=_json_default)
         (root / "meta.json").write_text(text + "\n", encoding="utf-8")
+
+
+def is_test_frame(index: int) -> bool:
+    """The held-out rule of every evaluation (CONVENTIONS.md, as EndoGaussian / Deform3DGS): frame ``index``
+    is a test frame when ``(index - 1) % 8 == 0`` (frames 1, 9, 17, ...)."""
+    return (index - 1) % 8 == 0

@@ -25,14 +25,9 @@ from endo3d.sim.raycast import FrameGeometry
 from endo3d.sim.scene import LightSpec, RenderSpec, Scene, SensorSpec
 from endo3d.sim.surface import Surface, UniformMaterial
 
-__all__ = ["FrameBuffers", "MeshGeometry", "PoseTrajectory", "is_test_frame", "read_mesh"]
+__all__ = ["FrameBuffers", "MeshGeometry", "PoseTrajectory", "read_mesh"]
 
 DEFAULT_MAX_RANGE_MM = 300.0
-
-
-def is_test_frame(index: int) -> bool:
-    """The anchors' held-out rule, ``(i - 1) % 8 == 0`` (frames 1, 9, 17, ...)."""
-    return (index - 1) % 8 == 0
 
 
 class PoseTrajectory:

@@ -31,7 +31,7 @@ from endo3d import __version__
 from endo3d.core.config import to_dict
 from endo3d.core.errors import InputError
 from endo3d.core.fs import resumable_output_dir
-from endo3d.io.dataset import Dataset, read_dataset
+from endo3d.io.dataset import Dataset, is_test_frame, read_dataset
 from endo3d.io.images import read_png, rgb_to_uint8, write_png
 from endo3d.pbr.config import FieldConfig, PbrFitConfig
 from endo3d.pbr.data import (
@@ -39,7 +39,6 @@ from endo3d.pbr.data import (
     FrameBuffers,
     MeshGeometry,
     aperture_from_masks,
-    is_test_frame,
     meta_max_range,
     read_mesh,
 )

@@ -2,8 +2,9 @@
 
 import torch
 
-from endo3d.gs.data import is_test_frame, load_frames
+from endo3d.gs.data import load_frames
 from endo3d.gs.init import frame_points, initial_points, knn_spacing, seen_by
+from endo3d.io import is_test_frame
 
 
 def test_split_follows_the_anchor_protocol(tissue):
