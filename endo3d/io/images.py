@@ -435,12 +435,17 @@ def read_rgb(path: PathLike) -> np.ndarray:
         InputError: see :func:`read_png`.
     """
     a = read_png(path)
+    scale = 255.0 if a.dtype == np.uint8 else 65535.0
+    return rgb_channels(a).transpose(2, 0, 1).astype(np.float32) / np.float32(scale)
+
+
+def rgb_channels(a: np.ndarray) -> np.ndarray:
+    """An ``(H, W)`` or ``(H, W, C)`` image array as ``(H, W, 3)``: grey (with or without alpha) repeated,
+    alpha dropped. A read-only view where no copy is needed."""
     if a.ndim == 2:
         a = a[..., None]
     a = a[..., :1] if a.shape[2] <= 2 else a[..., :3]
-    scale = 255.0 if a.dtype == np.uint8 else 65535.0
-    rgb = np.broadcast_to(a, a.shape[:2] + (3,)).transpose(2, 0, 1)
-    return (rgb.astype(np.float32) / np.float32(scale))
+    return np.broadcast_to(a, a.shape[:2] + (3,))
 
 
 def rgb_to_uint8(image: Any) -> np.ndarray:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from endo3d.core.errors import InputError
-from endo3d.io.images import IMAGE_SUFFIXES, png_size, read_png
+from endo3d.io.images import IMAGE_SUFFIXES, png_size, read_png, rgb_channels
 from endo3d.io.video import TIME_EPS, VIDEO_SUFFIXES, probe_video, read_video
 
 MIN_SIZE = 16  # smallest working height or width, pixels
@@ -229,10 +229,7 @@ def _read_image(path: Path) -> np.ndarray:
     a = read_png(path)
     if a.dtype == np.uint16:
         a = ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    if a.ndim == 2:
-        a = a[..., None]
-    a = a[..., :1] if a.shape[2] <= 2 else a[..., :3]
-    return np.repeat(a, 3 // a.shape[2], axis=2)
+    return rgb_channels(a).copy()
 
 
 def _resize_rgb(rgb: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
