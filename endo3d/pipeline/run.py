@@ -184,7 +184,7 @@ def _stages(run: Path, config: ReconstructConfig, gs_config: ReconstructConfig, 
         depth_run = cam.adapt_depth(depth_config, cam.training_sequence(clip, train, K_given),
                                     on_step=lambda done, loss: update(done, f"adapt {done}/{plan.adapt_steps}"))
     with progress.stage("cameras", plan.align_steps + 1) as update:
-        cameras = _cameras(run, depth_run, clip, train, K_given, plan, config, device, update)
+        cameras = _cameras(run, depth_run, clip, train, test, K_given, plan, config, device, update)
     with progress.stage("mesh") as update:
         mesh = _mesh(run, clip, train, cameras, config)
     relief = depth_relief(cameras.depth, clip.valid)
@@ -216,8 +216,9 @@ def _stages(run: Path, config: ReconstructConfig, gs_config: ReconstructConfig, 
     return ReconstructResult(run=Path(config.out), metrics=metrics)
 
 
-def _cameras(run: Path, depth_run: Path, clip: Clip, train: list[int], K_given: np.ndarray | None,
-             plan: VideoPlan, config: ReconstructConfig, device: torch.device, update: Any) -> Cameras:
+def _cameras(run: Path, depth_run: Path, clip: Clip, train: list[int], test: list[int],
+             K_given: np.ndarray | None, plan: VideoPlan, config: ReconstructConfig, device: torch.device,
+             update: Any) -> Cameras:
     """Predict, refine and place every camera (or load the stage's saved result on --resume)."""
     path = run / CAMERAS_PT
     if path.is_file():
@@ -238,7 +239,6 @@ def _cameras(run: Path, depth_run: Path, clip: Clip, train: list[int], K_given: 
     scale, shift = refined.scale[follows], refined.shift_mm[follows]
     depth = (scale[:, None, None, None] * raw.depth + shift[:, None, None, None]).clamp_min(0) * clip.fov
     update(plan.align_steps, "register held-out frames")
-    test = [i for i in range(len(clip)) if i not in set(train)]
     c2w = register_frames(clip.rgb, clip.valid, depth, K, c2w, test, train, steps=plan.align_steps,
                           height=config.video.align_height, device=device)
     info = {"K_estimated": raw.K_estimated, "focal_px": float(K[0, 0]), "focal_scale_refined": refined.focal_scale,
