@@ -138,6 +138,24 @@ def render_surface(c2w: torch.Tensor, K: torch.Tensor, height: int, width: int):
     return _texture(p[..., 0], p[..., 1]).float(), t[None].float()
 
 
+VIEW_H, VIEW_W = 48, 64
+VIEW_K = torch.tensor([[60.0, 0, 31.5], [0, 60.0, 23.5], [0, 0, 1]], dtype=torch.float64)
+"""Size and intrinsics of the analytic views."""
+
+
+def sliding_cameras(count: int) -> torch.Tensor:
+    """``(count, 4, 4)`` c2w stepping 1.2 mm right and 0.3 mm down per frame, each looking at the surface."""
+    return torch.stack([look_at(torch.tensor([1.2 * k, 0.3 * k, 0.0], dtype=torch.float64),
+                                torch.tensor([1.2 * k + 3, 0.3 * k, 50.0], dtype=torch.float64),
+                                torch.tensor([0.0, -1.0, 0.0], dtype=torch.float64)) for k in range(count)])
+
+
+def surface_frames(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(N, 3, h, w)`` and z-depth ``(N, 1, h, w)`` of :func:`surface_z` from each of ``c2w``."""
+    images, depths = zip(*(render_surface(T, VIEW_K, VIEW_H, VIEW_W) for T in c2w))
+    return torch.stack(images), torch.stack(depths)
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_refinement_recovers_per_frame_depth_scales_and_poses_on_an_analytic_surface(device):
     """Exact images and depth of a textured surface from 6 cameras; the depth of every frame but the first is
@@ -146,20 +164,15 @@ def test_refinement_recovers_per_frame_depth_scales_and_poses_on_an_analytic_sur
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     g = torch.Generator().manual_seed(3)
-    H, W = 48, 64
-    K = torch.tensor([[60.0, 0, 31.5], [0, 60.0, 23.5], [0, 0, 1]], dtype=torch.float64)
-    c2w = torch.stack([look_at(torch.tensor([1.2 * k, 0.3 * k, 0.0], dtype=torch.float64),
-                               torch.tensor([1.2 * k + 3, 0.3 * k, 50.0], dtype=torch.float64),
-                               torch.tensor([0.0, -1.0, 0.0], dtype=torch.float64)) for k in range(6)])
-    images, depths = zip(*(render_surface(T, K, H, W) for T in c2w))
-    rgb, depth = torch.stack(images), torch.stack(depths)
-    valid = torch.ones(6, 1, H, W, dtype=torch.bool)
+    c2w = sliding_cameras(6)
+    rgb, depth = surface_frames(c2w)
+    valid = torch.ones(6, 1, VIEW_H, VIEW_W, dtype=torch.bool)
     scales = torch.tensor([1.0, 0.8, 1.15, 0.9, 1.2, 0.85])
     noise = torch.randn(6, 6, generator=g, dtype=torch.float64) * torch.tensor([0.015] * 3 + [0.5] * 3,
                                                                                  dtype=torch.float64)
     noise[0] = 0
     disturbed = c2w @ se3_exp(noise)
-    out = refine_cameras(rgb, valid, depth * scales[:, None, None, None], K.numpy(), disturbed, steps=250,
+    out = refine_cameras(rgb, valid, depth * scales[:, None, None, None], VIEW_K.numpy(), disturbed, steps=250,
                          window=2, height=48, learn_focal=False, device=device)
     assert out.loss_after < 0.5 * out.loss_before
     assert {out.c2w.device.type, out.scale.device.type, out.shift_mm.device.type} == {"cpu"}
@@ -180,16 +193,12 @@ def test_refinement_recovers_per_frame_depth_scales_and_poses_on_an_analytic_sur
 def test_registration_moves_only_the_held_out_camera_onto_its_true_pose():
     """Exact images and depth of the analytic surface from 5 cameras; frame 2's pose is disturbed by about
     1 degree and 0.7 mm. Registered to frames 1 and 3 it comes back; every other pose stays bit for bit."""
-    H, W = 48, 64
-    K = torch.tensor([[60.0, 0, 31.5], [0, 60.0, 23.5], [0, 0, 1]], dtype=torch.float64)
-    c2w = torch.stack([look_at(torch.tensor([1.2 * k, 0.3 * k, 0.0], dtype=torch.float64),
-                               torch.tensor([1.2 * k + 3, 0.3 * k, 50.0], dtype=torch.float64),
-                               torch.tensor([0.0, -1.0, 0.0], dtype=torch.float64)) for k in range(5)])
-    images, depths = zip(*(render_surface(T, K, H, W) for T in c2w))
+    c2w = sliding_cameras(5)
+    rgb, depth = surface_frames(c2w)
     disturbed = c2w.clone()
     disturbed[2] = c2w[2] @ se3_exp(torch.tensor([[0.012, -0.01, 0.008, 0.5, -0.4, 0.3]], dtype=torch.float64))[0]
-    out = register_frames(torch.stack(images), torch.ones(5, 1, H, W, dtype=torch.bool), torch.stack(depths),
-                          K.numpy(), disturbed, [2], [0, 1, 3, 4], steps=150, height=48)
+    out = register_frames(rgb, torch.ones(5, 1, VIEW_H, VIEW_W, dtype=torch.bool), depth, VIEW_K.numpy(),
+                          disturbed, [2], [0, 1, 3, 4], steps=150, height=48)
     others = [0, 1, 3, 4]
     assert torch.equal(out[others], disturbed[others])
     before = float((disturbed[2, :3, 3] - c2w[2, :3, 3]).norm())
@@ -212,15 +221,13 @@ def test_held_out_frames_follow_the_refined_neighbour():
 
 def test_focal_refinement_moves_a_wrong_focal_towards_the_truth():
     """With the focal 10 % too long and a turning camera, the refinement pulls it back."""
-    H, W = 48, 64
-    K = torch.tensor([[60.0, 0, 31.5], [0, 60.0, 23.5], [0, 0, 1]], dtype=torch.float64)
     c2w = torch.stack([look_at(torch.tensor([1.0 * k, 0.0, 0.0], dtype=torch.float64),
                                torch.tensor([4.0 * k, 0.5 * k, 50.0], dtype=torch.float64),
                                torch.tensor([0.0, -1.0, 0.0], dtype=torch.float64)) for k in range(6)])
-    images, depths = zip(*(render_surface(T, K, H, W) for T in c2w))
-    wrong = K.numpy().copy()
+    rgb, depth = surface_frames(c2w)
+    wrong = VIEW_K.numpy().copy()
     wrong[0, 0] *= 1.1
     wrong[1, 1] *= 1.1
-    out = refine_cameras(torch.stack(images), torch.ones(6, 1, H, W, dtype=torch.bool), torch.stack(depths), wrong,
-                         c2w, steps=200, window=2, height=48, learn_focal=True)
+    out = refine_cameras(rgb, torch.ones(6, 1, VIEW_H, VIEW_W, dtype=torch.bool), depth, wrong, c2w, steps=200,
+                         window=2, height=48, learn_focal=True)
     assert abs(1.1 * out.focal_scale - 1) < 0.4 * 0.1, out.focal_scale  # 10 % -> 2.4 % measured
