@@ -101,7 +101,7 @@ def average_motion(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tenso
 
 def chain(motions: torch.Tensor) -> torch.Tensor:
     """``(N-1, 4, 4)`` ``T_{i<-i+1}`` -> ``(N, 4, 4)`` ``c2w`` with ``c2w_0 = I`` and ``c2w_{i+1} = c2w_i T_{i<-i+1}``."""
-    poses = [torch.eye(4, dtype=motions.dtype)]
+    poses = [torch.eye(4, dtype=motions.dtype, device=motions.device)]
     for T in motions:
         poses.append(poses[-1] @ T)
     return torch.stack(poses)

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from endo3d.depth.losses import backproject, photometric_error, warp_source
 from endo3d.depth.train import resize_intrinsics
 from endo3d.geometry import invert_pose, se3_exp
+from endo3d.pipeline.cameras import chain
 
 GEOMETRIC_WEIGHT = 0.5
 """Weight of the geometric term against the photometric one."""
@@ -143,10 +144,7 @@ def corrected(c2w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     A correction of one motion moves every later camera with it, so a drift in the chain is undone by one
     step instead of diffusing through the window pairs of per-camera corrections."""
     motions = invert_pose(c2w[:-1]) @ c2w[1:]
-    poses = [c2w[0] @ delta[0]]
-    for k in range(1, len(c2w)):
-        poses.append(poses[-1] @ motions[k - 1] @ delta[k])
-    return torch.stack(poses)
+    return c2w[0] @ delta[0] @ chain(motions @ delta[1:])
 
 
 def refine_cameras(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, K: np.ndarray, c2w: torch.Tensor,
