@@ -35,7 +35,7 @@ from endo3d.pipeline.frames import working_size
 
 PRESETS = {
     "fast": dict(width=160, net_width=160, max_frames=48, adapt_steps=150, depth_batch=2, pose_width=16,
-                 align_steps=150),
+                 align_steps=300),
     "cpu": dict(width=256, net_width=256, max_frames=96, adapt_steps=600, depth_batch=4, pose_width=32,
                 align_steps=300),
     "cuda": dict(width=640, net_width=320, max_frames=250, adapt_steps=1000, depth_batch=4, pose_width=64,

@@ -10,7 +10,7 @@ Stages (one progress bar across them, :class:`~endo3d.pipeline.progress.StagePro
    adaptation of depth, pose and intrinsics on the training frames.
 3. **cameras**: the networks on every frame
    (:func:`~endo3d.pipeline.cameras.predict_cameras`), then per-frame depth
-   scale / shift, pose and focal refinement over the training frames
+   scale / shift / smooth shape, pose and focal refinement over the training frames
    (:func:`~endo3d.pipeline.consistency.refine_cameras`); each held-out
    frame's camera is then registered to its training neighbours
    (:func:`~endo3d.pipeline.consistency.register_frames`: only its pose moves).
@@ -56,7 +56,7 @@ from endo3d.gs.reconstruct import (
 from endo3d.gs.train import CHECKPOINT, Trainer, schedule_steps
 from endo3d.pipeline import cameras as cam
 from endo3d.geometry import anchor_of, carry_corrections
-from endo3d.pipeline.consistency import refine_cameras, register_frames
+from endo3d.pipeline.consistency import correct_depth, refine_cameras, register_frames
 from endo3d.pipeline.frames import Clip, load_clip, probe_clip
 from endo3d.pipeline.plan import MIN_FRAMES, VideoPlan, make_plan
 from endo3d.pipeline.progress import StageProgress
@@ -236,14 +236,15 @@ def _cameras(run: Path, depth_run: Path, clip: Clip, train: list[int], test: lis
     K[0, 0] *= refined.focal_scale
     K[1, 1] *= refined.focal_scale
     follows = torch.tensor([anchor_of(i, train) for i in range(len(clip))])  # each frame's training frame
-    scale, shift = refined.scale[follows], refined.shift_mm[follows]
-    depth = (scale[:, None, None, None] * raw.depth + shift[:, None, None, None]).clamp_min(0) * clip.fov
+    depth = correct_depth(raw.depth, refined.scale[follows], refined.shift_mm[follows], refined.shape[follows])
+    depth = depth.clamp_min(0) * clip.fov
     update(plan.align_steps, "register held-out frames")
     c2w = register_frames(clip.rgb, clip.valid, depth, K, c2w, test, train, steps=plan.align_steps,
                           height=config.video.align_height, device=device)
     info = {"K_estimated": raw.K_estimated, "focal_px": float(K[0, 0]), "focal_scale_refined": refined.focal_scale,
             "refine_loss_before": refined.loss_before, "refine_loss_after": refined.loss_after,
             "depth_scale_range": [float(refined.scale.min()), float(refined.scale.max())],
+            "depth_shape_max_factor": float(refined.shape.abs().max().exp()),
             "path_length": float((c2w[1:, :3, 3] - c2w[:-1, :3, 3]).norm(dim=1).sum())}
     cameras = Cameras(depth.float(), c2w, K, info)
     tmp = path.with_suffix(".tmp")
