@@ -32,8 +32,9 @@ Measured on a simulated colon (16 frames, ground-truth depth and K, the pose
 net's chain as the start): per-camera corrections stalled at 17 % of the
 path length (ATE), the chained motion corrections reach 2.6 %, where the
 objective equals its value at the true poses. With a stand-in depth prior
-(scale-invariant AbsRel 0.149), fitting the shape grids on the estimated
-poses brings it to 0.096 (0.067 on the true poses).
+(scale-invariant AbsRel 0.147) and the networks' K, the shape grids take the
+same colon to AbsRel 0.070, ATE 2.2 -> 1.3 % and focal error 11.6 -> 2.4 %
+(300 steps).
 """
 
 from __future__ import annotations
