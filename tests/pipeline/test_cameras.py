@@ -186,7 +186,8 @@ def test_refinement_recovers_per_frame_depth_scales_and_poses_on_an_analytic_sur
     def position_error(poses: torch.Tensor) -> float:
         return float((poses[1:, :3, 3] - c2w[1:, :3, 3]).norm(dim=1).mean())
 
-    # positions: 0.80 -> 0.31 mm measured; what remains is mostly the rotation / translation trade-off of a
+    # positions: 0.80 -> 0.38 mm measured (0.31 without shape grids, which trade a little depth tilt against
+    # rotation here); what remains is mostly the rotation / translation trade-off of a
     # narrow view of a gently curved surface (0.3 mm at 50 mm is 0.35 degrees)
     assert position_error(out.c2w) < 0.5 * position_error(disturbed)
     assert torch.equal(out.c2w[0], disturbed[0]) and out.scale[0] == 1  # the gauge frame stays
@@ -211,7 +212,7 @@ def test_shape_grids_undo_a_smooth_depth_distortion_shared_by_all_frames():
 
     before = shape_error(depth * factor)
     after = shape_error(correct_depth(depth * factor, out.scale, out.shift_mm, out.shape))
-    # 0.127 -> 0.080 measured (0.126 without the grids): a narrow, small-baseline view leaves part of a tilt
+    # 0.127 -> 0.068 measured (0.126 without the grids): a narrow, small-baseline view leaves part of a tilt
     # of the depth traded against the camera rotations (the bas-relief ambiguity); the rest is undone
     assert after < 0.75 * before, (before, after)
 
