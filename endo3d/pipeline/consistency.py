@@ -168,6 +168,22 @@ def valid_median(level: Level) -> float:
     return float(depth[valid].median()) if bool(valid.any()) else float(depth.median())
 
 
+def motion_unit(median: float, device: torch.device | str) -> torch.Tensor:
+    """``(6,)`` scale of an se(3) correction's parameters: radians for the rotation, ``median`` (the translation
+    unit, :func:`valid_median`) for the translation."""
+    return torch.tensor([1.0, 1.0, 1.0, median, median, median], device=device)
+
+
+def linear_decay(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The rates of ``optimizer`` falling linearly from their start to 10 % of it over ``steps`` steps."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - 0.9 * k / max(steps, 1))
+
+
+def centred(shape: torch.Tensor) -> torch.Tensor:
+    """``(T, 1, rows, cols)`` shape grids minus each frame's mean: shape only, the scale stays in ``s_k``."""
+    return shape - shape.mean(dim=(2, 3), keepdim=True)
+
+
 def corrected(c2w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """``(T, 4, 4)`` poses whose consecutive motions ``M_k = c2w_{k-1}^-1 c2w_k`` carry the corrections
     ``delta_k``: ``c2w'_0 = c2w_0 delta_0``, ``c2w'_k = c2w'_{k-1} M_k delta_k``.
@@ -205,14 +221,14 @@ def refine_cameras(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, 
     if learn_focal:
         params.append({"params": [log_focal], "lr": FOCAL_LR})
     optimizer = torch.optim.Adam(params)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - 0.9 * k / max(steps, 1))
-    unit = torch.tensor([1.0, 1.0, 1.0, median, median, median], device=device)  # radians; translation / median
+    schedule = linear_decay(optimizer, steps)
+    unit = motion_unit(median, device)
     pairs = frame_pairs(count, window).to(device)
     base = c2w.float().to(device)
 
     def objective(use: torch.Tensor, level: int = levels - 1) -> torch.Tensor:
         small_rgb, small_valid, small_depth, K0 = pyramid[level]
-        S = (shape - shape.mean(dim=(2, 3), keepdim=True)) * float(level >= SHAPE_FROM_LEVEL)
+        S = centred(shape) * float(level >= SHAPE_FROM_LEVEL)
         d = correct_depth(small_depth, (log_scale * free[:, 0]).exp(), shift * free[:, 0] * median, S)
         d = d.clamp_min(1e-3)
         poses = corrected(base, se3_exp(xi * unit * free))
@@ -241,7 +257,7 @@ def refine_cameras(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, 
         after = float(objective(pairs)) if len(pairs) else 0.0
         scale = (log_scale * free[:, 0]).exp().cpu()
         shift_mm = (shift * free[:, 0] * median).cpu()
-        shape = (shape - shape.mean(dim=(2, 3), keepdim=True)).cpu()
+        shape = centred(shape).cpu()
         poses = corrected(c2w.double(), se3_exp((xi * unit * free).double().cpu()))
     return Refined(c2w=poses, scale=scale, shift_mm=shift_mm, shape=shape,
                    focal_scale=float(log_focal.detach().exp()), loss_before=before, loss_after=after)
@@ -280,12 +296,12 @@ def register_frames(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor,
                          dtype=torch.long, device=device)
     pyramid = image_pyramid(rgb[order], valid[order], depth[order], K, height, levels, device)
     median = valid_median(pyramid[-1])
-    unit = torch.tensor([1.0, 1.0, 1.0, median, median, median], device=device)
+    unit = motion_unit(median, device)
     moving = torch.zeros(len(order), 1, device=device)
     moving[first] = 1
     xi = torch.zeros(len(order), 6, device=device, requires_grad=True)
     optimizer = torch.optim.Adam([xi], lr=POSE_LR)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - 0.9 * k / steps)
+    schedule = linear_decay(optimizer, steps)
     base = c2w[order].float().to(device)
     for step in range(steps):
         small_rgb, small_valid, small_depth, Kl = pyramid[step * levels // steps]
