@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from endo3d.geometry.align import umeyama
+
 __all__ = [
     "DEPTH_METRICS",
     "ate_rpe",
@@ -72,23 +74,6 @@ def frame_depth_metrics(gt: np.ndarray, pred: np.ndarray, *, cap_mm: float, min_
     ratio = float(np.median(g) / np.median(p)) if median_scaling else 1.0
     p = np.clip(p * ratio, min_mm, cap_mm)
     return depth_metrics(g, p), ratio
-
-
-def umeyama(src: np.ndarray, dst: np.ndarray, *, with_scale: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
-    """Similarity ``(s, R, t)`` minimising ``sum |dst - (s R src + t)|^2`` (Umeyama 1991); points ``(N, 3)``."""
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    cov = xd.T @ xs / len(src)
-    U, D, Vt = np.linalg.svd(cov)
-    S = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        S[2, 2] = -1
-    R = U @ S @ Vt
-    var = (xs**2).sum() / len(src)
-    s = float(np.trace(np.diag(D) @ S) / var) if with_scale and var > 0 else 1.0
-    t = mu_d - s * R @ mu_s
-    return s, R, t
 
 
 def _rotation_angle_deg(R: np.ndarray) -> float:

@@ -12,7 +12,8 @@ For frame i at time ``t_i`` with pose ``c2w_i``:
 3. labels: z-depth, camera-frame normals, mask labels, and forward flow: the
    same material point (triangle + barycentrics) at ``t_{i+1}``, projected
    by camera i+1, valid only where a ray from camera i+1 reaches it
-   unoccluded and it lands inside the image and the aperture.
+   unoccluded and it lands inside the image and the aperture; and the
+   camera in the tissue's frame (:func:`tissue_frame_pose`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from endo3d.geometry.align import umeyama
 from endo3d.geometry.camera import Camera
 from endo3d.render.brdf import Material
 from endo3d.render.lights import SpotLight
@@ -47,6 +49,7 @@ class GBuffer:
         surface: ``(n,)`` surface index; face: ``(n,)`` face index in it.
         bary: ``(n, 3)`` barycentric weights of the face's vertices.
         points: ``(n, 3)`` world positions (mm) at the frame's time.
+        rest: ``(n, 3)`` the same material points' rest positions (mm).
         normals: ``(n, 3)`` world shading normals, facing the camera.
         offsets: ``(n, 3)`` world geometric normals facing the camera (for
             offsetting shadow rays).
@@ -59,6 +62,7 @@ class GBuffer:
     face: np.ndarray
     bary: np.ndarray
     points: np.ndarray
+    rest: np.ndarray
     normals: np.ndarray
     offsets: np.ndarray
     material: torch.Tensor
@@ -77,6 +81,8 @@ class FrameLabels:
     mask: np.ndarray  # (H, W) uint8 labels
     albedo: np.ndarray  # (H, W, 3) float32 linear
     material: np.ndarray  # (H, W, 3) float32 roughness, specular, metallic
+    c2w_tissue: np.ndarray  # (4, 4) float64, see tissue_frame_pose
+    tissue_nonrigid_mm: float  # RMS of what the rigid fit leaves, mm
 
 
 @dataclass
@@ -92,6 +98,8 @@ class FrameOutput:
     mask: np.ndarray
     albedo: np.ndarray
     material: np.ndarray
+    c2w_tissue: np.ndarray
+    tissue_nonrigid_mm: float
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -139,6 +147,7 @@ class FrameRenderer:
         d = dirs[order]
         points = C + hits.t[order, None].astype(np.float64) * d
         normals = np.zeros((n, 3))
+        rests = np.zeros((n, 3))
         material = torch.zeros((n, 6), dtype=torch.float32)
         labels = np.zeros(n, dtype=np.uint8)
         focal = float(self.camera.K[0, 0])
@@ -153,12 +162,13 @@ class FrameRenderer:
             normal = n_rest if surf.motion.static else transform_normals(surf.motion.gradient(rest, t), n_rest)
             normal = _facing(normal.astype(np.float64) * flip[sel], d[sel])
             normals[sel] = normal
+            rests[sel] = rest
             cos = np.abs(np.sum(normal * d[sel], axis=1))
             footprint = hits.t[order][sel] / focal / np.maximum(cos, 0.2)
             attrs = SurfacePoints.from_attributes(surf, values, footprint)
             material[torch.from_numpy(sel)] = surf.material.evaluate(attrs)
             labels[sel] = surf.label
-        return GBuffer(self.ray_pixels[order], surface, face, bary, points, normals, face_n * flip, material, labels)
+        return GBuffer(self.ray_pixels[order], surface, face, bary, points, rests, normals, face_n * flip, material, labels)
 
     def visibility(self, index: int, gb: GBuffer, geom: FrameGeometry,
                    positions_cam: list[np.ndarray] | None = None) -> list[torch.Tensor] | None:
@@ -249,10 +259,12 @@ class FrameRenderer:
         flow = flow_valid = None
         if geom_next is not None:
             flow, flow_valid = self._flow(index, gb, geom_next)
+        tissue = gb.labels == 0
+        c2w_tissue, nonrigid = tissue_frame_pose(c2w, gb.rest[tissue], gb.points[tissue])
         return FrameLabels(depth=depth.reshape(H, W), normal=normal.reshape(H, W, 3),
                            normal_valid=valid.reshape(H, W), flow=flow, flow_valid=flow_valid,
                            mask=mask.reshape(H, W), albedo=albedo.reshape(H, W, 3),
-                           material=material.reshape(H, W, 3))
+                           material=material.reshape(H, W, 3), c2w_tissue=c2w_tissue, tissue_nonrigid_mm=nonrigid)
 
     def _flow(self, index: int, gb: GBuffer, geom_next: FrameGeometry) -> tuple[np.ndarray, np.ndarray]:
         scene, cam = self.scene, self.camera
@@ -287,6 +299,28 @@ class FrameRenderer:
         valid[px] = ok
         flow[~valid] = 0.0
         return flow.reshape(H, W, 2), valid.reshape(H, W)
+
+
+def tissue_frame_pose(c2w: np.ndarray, rest: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, float]:
+    """The camera in the frame of the visible tissue, and what that frame leaves unexplained.
+
+    ``T = argmin_{R, t} sum_p |R X_p + t - x_p|^2`` is the rigid motion that
+    best carries the visible tissue's rest positions ``X_p`` to where they are
+    now, ``x_p``, one term per pixel (Kabsch). Images cannot tell a rigid
+    motion of everything in view from the opposite camera motion, so the
+    pose that a video of deforming tissue determines is ``T^-1 c2w``: the
+    camera in rest coordinates, equal to ``c2w`` for rigid tissue. Returns
+    that pose (4x4, mm) and the RMS residual of the fit (mm), the part of
+    the motion that is not rigid. With fewer than 3 points the tissue is
+    taken as at rest: ``(c2w, 0)``.
+    """
+    if len(rest) < 3:
+        return np.array(c2w, np.float64), 0.0
+    _, R, t = umeyama(rest, points, with_scale=False)
+    residual = points - (rest @ R.T + t)
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, t
+    return np.linalg.inv(T) @ c2w, float(np.sqrt(np.mean(np.sum(residual**2, axis=1))))
 
 
 def _interp(table: np.ndarray, faces: np.ndarray, bary: np.ndarray) -> np.ndarray:

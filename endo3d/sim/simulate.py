@@ -99,7 +99,8 @@ def simulate(config: SimulateConfig, progress: bool = True) -> SimulateReport:
                                        disable=not progress, dynamic_ncols=True))
         for records in _run_chunks(scene, writer.root, exposures, chunks, workers, config.preview):
             for rec in records:
-                writer.add_frame(rec.index, rec.time, rec.c2w, rec.files, exposure=rec.exposure)
+                writer.add_frame(rec.index, rec.time, rec.c2w, rec.files, exposure=rec.exposure,
+                                 c2w_tissue=rec.c2w_tissue.tolist(), tissue_nonrigid_mm=rec.tissue_nonrigid_mm)
                 for stage, seconds in rec.timings.items():
                     totals[stage] += seconds
                 if preview is not None:
@@ -118,6 +119,8 @@ class _Record:
     c2w: np.ndarray
     files: dict[str, str]
     exposure: float
+    c2w_tissue: np.ndarray
+    tissue_nonrigid_mm: float
     timings: dict[str, float]
     preview: np.ndarray | None
 
@@ -185,7 +188,8 @@ def _render_chunk(bounds: tuple[int, int]) -> list[_Record]:
             extra_images=extra)
         timings["encoding"] = time.perf_counter() - clock
         tile = preview_frame(out) if _WORKER["preview"] else None
-        records.append(_Record(i, scene.time(i), scene.c2w(i), files, float(exposures[i]), timings, tile))
+        records.append(_Record(i, scene.time(i), scene.c2w(i), files, float(exposures[i]), out.c2w_tissue,
+                               out.tissue_nonrigid_mm, timings, tile))
     return records
 
 

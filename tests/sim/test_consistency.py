@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from endo3d.geometry import depth_to_normals, depth_to_points, relative_pose, reproject, sample_image
+from endo3d.geometry.align import umeyama
 from endo3d.io import read_dataset, read_png
 from endo3d.render.response import srgb_decode, vignetting_map
 
@@ -131,3 +132,42 @@ def test_tissue_labels_the_instrument(tissue: Path):
             assert (f.depth[0][tool] > 0).all()
             assert (f.depth[0][tool].median() < f.depth[0][f.mask[0] == 0].median())  # in front of the tissue
     assert labels <= {0, 1, 255} and 1 in labels and 0 in labels
+
+
+def _tissue_motion(frame) -> np.ndarray:
+    """The labelled rigid motion of the visible tissue, rest -> now: ``c2w c2w_tissue^-1``."""
+    return frame.c2w @ np.linalg.inv(np.array(frame.extra["c2w_tissue"]))
+
+
+def test_rigid_tissue_frame_is_the_camera_pose(rigid_colon: Path):
+    for f in read_dataset(rigid_colon):
+        np.testing.assert_allclose(np.array(f.extra["c2w_tissue"]), f.c2w, atol=1e-4)
+        assert f.extra["tissue_nonrigid_mm"] < 1e-3
+
+
+def test_tissue_frame_is_the_rigid_part_of_depth_flow_and_poses(tissue: Path):
+    """Tissue points of frame i (depth, pose) and where the flow puts them in
+    frame i+1 (depth there, pose): the rigid motion that best fits these
+    pairs is the labelled motion between the two frames' tissue frames."""
+    ds = read_dataset(tissue)
+    cam = ds.camera
+    grid = torch.stack(torch.meshgrid(torch.arange(cam.width), torch.arange(cam.height), indexing="xy"), 0).float()
+    ratios = []
+    for i in range(len(ds) - 1):
+        a, b = ds.frame(i), ds.frame(i + 1)
+        uv = grid[None] + a.flow[None]
+        depth_b = sample_image(b.depth[None], uv)[0, 0]
+        tissue_b = sample_image((b.mask == 0).float()[None], uv)[0, 0]
+        use = (a.mask[0] == 0) & a.flow_valid[0] & (a.depth[0] > 0) & (depth_b > 0) & (tissue_b > 0.999)
+        pa = depth_to_points(a.depth[None], cam)[0].permute(1, 2, 0)[use].double().numpy()
+        rays = cam.unproject(uv[0].permute(1, 2, 0)[use].double()).numpy()
+        pb = rays / rays[:, 2:] * depth_b[use].double().numpy()[:, None]
+        xa = pa @ a.c2w[:3, :3].T + a.c2w[:3, 3]
+        xb = pb @ b.c2w[:3, :3].T + b.c2w[:3, 3]
+        _, R, t = umeyama(xa, xb, with_scale=False)
+        D = _tissue_motion(b) @ np.linalg.inv(_tissue_motion(a))
+        labelled = xa @ D[:3, :3].T + D[:3, 3]
+        gap = np.sqrt(np.mean(np.sum((xa @ R.T + t - labelled) ** 2, axis=1)))
+        ratios.append(gap / np.sqrt(np.mean(np.sum((labelled - xa) ** 2, axis=1))))
+    assert max(ratios) < 0.4 and np.mean(ratios) < 0.12, ratios
+    assert max(f.extra["tissue_nonrigid_mm"] for f in ds) > 0.05  # breathing and pulling are not rigid
