@@ -54,7 +54,7 @@ from endo3d.depth.data import open_sequences
 from endo3d.depth.evaluate import DEPTH_METRICS, evaluate, evaluate_sequences, frame_depth_metrics
 from endo3d.depth.run import LoadedRun
 from endo3d.depth.train import build_models, train
-from endo3d.pbr.config import FieldConfig, PbrFitConfig, PbrRenderConfig
+from endo3d.pbr.config import PbrFitConfig, PbrRenderConfig
 from endo3d.pbr.fit import fit
 from endo3d.pbr.render import render_dataset
 from endo3d.sim.config import SimulateConfig
