@@ -82,6 +82,10 @@ def score(dataset: Path, run: Path) -> dict:
         raise SystemExit(f"{dataset}: made by an older simulator (no c2w_tissue); delete it to simulate it again")
     tissue = np.stack([np.array(f.extra["c2w_tissue"]) for f in frames])
     ate_tissue, floor = ate_rpe(pred, tissue)["ate_mm"], ate_rpe(tissue, gt)["ate_mm"]
+
+    def pct(mm: float) -> float:
+        return 100 * mm / max(path, 1e-9)
+
     rels = []
     for k, f in enumerate(frames):
         pred_depth = np.load(run / "depth" / f"{k:06d}.npy")
@@ -92,9 +96,9 @@ def score(dataset: Path, run: Path) -> dict:
             rels.append(out[0]["abs_rel"])
     focal_pct = intrinsics_error(np.array(cameras["K"]), frames[0].K)["focal_error_pct"]
     return {
-        "frames": len(frames), "ate_mm": ate, "path_mm": path, "ate_pct_path": 100 * ate / max(path, 1e-9),
-        "ate_tissue_frame_mm": ate_tissue, "ate_tissue_frame_pct_path": 100 * ate_tissue / max(path, 1e-9),
-        "ate_floor_pct_path": 100 * floor / max(path, 1e-9),
+        "frames": len(frames), "ate_mm": ate, "path_mm": path, "ate_pct_path": pct(ate),
+        "ate_tissue_frame_mm": ate_tissue, "ate_tissue_frame_pct_path": pct(ate_tissue),
+        "ate_floor_pct_path": pct(floor),
         "sim3_scale": pose["scale"], "abs_rel": float(np.mean(rels)), "focal_error_pct": focal_pct,
         "psnr": metrics["psnr"], "psnr_nearest_frame": metrics["baseline_nearest_frame"]["psnr"],
         "stage_seconds": metrics["stage_seconds"], "total_seconds": sum(metrics["stage_seconds"].values()),

@@ -226,11 +226,15 @@ def refine_cameras(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, 
     pairs = frame_pairs(count, window).to(device)
     base = c2w.float().to(device)
 
+    def depth_correction() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scale, shift (mm) and shape of :func:`correct_depth`, the gauge frame's scale and shift fixed."""
+        return (log_scale * free[:, 0]).exp(), shift * free[:, 0] * median, centred(shape)
+
     def objective(use: torch.Tensor, level: int = levels - 1) -> torch.Tensor:
         small_rgb, small_valid, small_depth, K0 = pyramid[level]
-        S = centred(shape) * float(level >= SHAPE_FROM_LEVEL)
-        d = correct_depth(small_depth, (log_scale * free[:, 0]).exp(), shift * free[:, 0] * median, S)
-        d = d.clamp_min(1e-3)
+        scale, shift_mm, S = depth_correction()
+        S = S * float(level >= SHAPE_FROM_LEVEL)
+        d = correct_depth(small_depth, scale, shift_mm, S).clamp_min(1e-3)
         poses = corrected(base, se3_exp(xi * unit * free))
         Kf = K0.clone()
         Kf[0, 0] = K0[0, 0] * log_focal.exp()
@@ -255,11 +259,9 @@ def refine_cameras(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, 
             on_step(step + 1)
     with torch.no_grad():
         after = float(objective(pairs)) if len(pairs) else 0.0
-        scale = (log_scale * free[:, 0]).exp().cpu()
-        shift_mm = (shift * free[:, 0] * median).cpu()
-        shape = centred(shape).cpu()
+        scale, shift_mm, grids = (v.cpu() for v in depth_correction())
         poses = corrected(c2w.double(), se3_exp((xi * unit * free).double().cpu()))
-    return Refined(c2w=poses, scale=scale, shift_mm=shift_mm, shape=shape,
+    return Refined(c2w=poses, scale=scale, shift_mm=shift_mm, shape=grids,
                    focal_scale=float(log_focal.detach().exp()), loss_before=before, loss_after=after)
 
 

@@ -116,6 +116,7 @@ def test_tissue_frame_pose_undoes_a_rigid_tissue_motion():
     the tissue frame is exactly ``P(t)^-1 c2w`` and nothing is left non-rigid;
     at rest it is ``c2w``."""
     from endo3d.sim.motion import Rigid, Static
+    from endo3d.sim.scenes.common import grid_faces
     from endo3d.sim.trajectory import rotation_xyz
 
     def motion(t: float) -> np.ndarray:
@@ -127,10 +128,7 @@ def test_tissue_frame_pose_undoes_a_rigid_tissue_motion():
     a = np.linspace(-80.0, 80.0, 41)
     X, Y = np.meshgrid(a, a)
     Z = 50.0 + 4.0 * np.sin(X / 9.0) * np.cos(Y / 13.0)
-    n = len(a)
-    quads = np.array([[r * n + c, r * n + c + 1, (r + 1) * n + c + 1, (r + 1) * n + c]
-                      for r in range(n - 1) for c in range(n - 1)])
-    faces = np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]])
+    faces = grid_faces(len(a), len(a))
     camera = CameraSpec(hfov_deg=70.0).camera(48, 40)
     path = Keyframes(np.array([0.0, 2.0]), np.array([[0.0, 0, 0], [3.0, 1.0, -2.0]]),
                      np.array([[0.0, 0, 50], [2.0, 0, 50]]), np.array([[0, -1.0, 0], [0, -1.0, 0]]))
