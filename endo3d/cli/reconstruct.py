@@ -23,6 +23,9 @@ def run_reconstruct(config: ReconstructConfig) -> None:
     if baseline is not None:
         print(f"baseline, repeating the nearest training frame: PSNR {_fmt(baseline['psnr'])} dB, "
               f"SSIM {_fmt(baseline['ssim'], 3)}")
+        from endo3d.pipeline.run import focal_summary
+
+        print(f"focal length {focal_summary(m['cameras'])}")
         print(f"report: {result.run / 'report.html'}  mesh: {result.run / 'mesh.ply'}")
     print(f"renders: {result.run / 'renders'}  metrics: {result.run / 'metrics.json'}")
 

@@ -7,7 +7,7 @@ same numbers. Presets (a 2-core CPU was the yardstick for ``--fast``: a
 
 | | working width | network width | frames | adapt steps | batch | refine steps | Gaussian steps (coarse + fine) |
 | --- | --- | --- | --- | --- | --- | --- | --- |
-| ``--fast`` | 160 | 160 | 48 | 150 | 2 | 150 | 150 + 1000 (``endo3d.gs.train.FAST_DEFAULTS``) |
+| ``--fast`` | 160 | 160 | 48 | 150 | 2 | 300 | 150 + 1000 (``endo3d.gs.train.FAST_DEFAULTS``) |
 | CPU | 256 | 256 | 96 | 600 | 4 | 300 | 300 + 2200 |
 | CUDA | 640 | 320 | 250 | 1000 | 4 | 300 | the anchors' 1000 + 3000 |
 

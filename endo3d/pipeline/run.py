@@ -11,8 +11,10 @@ Stages (one progress bar across them, :class:`~endo3d.pipeline.progress.StagePro
 3. **cameras**: the networks on every frame
    (:func:`~endo3d.pipeline.cameras.predict_cameras`), then per-frame depth
    scale / shift / smooth shape, pose and focal refinement over the training frames
-   (:func:`~endo3d.pipeline.consistency.refine_cameras`); each held-out
-   frame's camera is then registered to its training neighbours
+   (:func:`~endo3d.pipeline.consistency.refine_cameras`); an estimated focal
+   length is then probed -+10 % (:func:`~endo3d.pipeline.consistency.focal_profile`)
+   and flagged when the video does not determine it; each held-out
+   frame's camera is registered to its training neighbours
    (:func:`~endo3d.pipeline.consistency.register_frames`: only its pose moves).
 4. **mesh** (:mod:`endo3d.pipeline.fusion`): TSDF fusion of the training
    frames' depth -> ``mesh.ply``.
@@ -56,7 +58,9 @@ from endo3d.gs.reconstruct import (
 from endo3d.gs.train import CHECKPOINT, Trainer, schedule_steps
 from endo3d.pipeline import cameras as cam
 from endo3d.geometry import anchor_of, carry_corrections
-from endo3d.pipeline.consistency import correct_depth, refine_cameras, register_frames
+from endo3d.pipeline.consistency import (
+    FOCAL_PROBE, correct_depth, focal_profile, refine_cameras, register_frames, scale_focal,
+)
 from endo3d.pipeline.frames import Clip, load_clip, probe_clip
 from endo3d.pipeline.plan import MIN_FRAMES, VideoPlan, make_plan
 from endo3d.pipeline.progress import StageProgress
@@ -105,12 +109,18 @@ def depth_relief(depth: torch.Tensor, valid: torch.Tensor) -> float:
     return float(np.median(values)) if values else 0.0
 
 
+def probe_steps(plan: VideoPlan) -> int:
+    """Refit steps of each of :func:`~endo3d.pipeline.consistency.focal_profile`'s three probes: a fifth of the
+    refinement's (60 of 300 separate a colon's 3.5 % rise from a translating camera's 0.8 %)."""
+    return max(10, plan.align_steps // 5)
+
+
 def _weights(plan: VideoPlan, gs_steps: int, frames: int) -> dict[str, float]:
     """Expected relative cost of each stage (seconds on a 2-core CPU, measured per step at 160x90)."""
     pixels = plan.width * plan.height / (160 * 90)
     tokens = plan.net_height * plan.net_width / (84 * 154)
     return {"frames": 0.05 * frames, "depth": 0.35 * plan.depth_batch * tokens * plan.adapt_steps,
-            "cameras": 0.3 * plan.align_steps + 0.1 * frames, "mesh": 3.0,
+            "cameras": 0.3 * plan.align_steps + 0.6 * probe_steps(plan) + 0.1 * frames, "mesh": 3.0,
             "gaussians": 0.17 * pixels ** 0.5 * gs_steps, "evaluate": 5.0 + 0.2 * frames}
 
 
@@ -183,7 +193,7 @@ def _stages(run: Path, config: ReconstructConfig, gs_config: ReconstructConfig, 
         )
         depth_run = cam.adapt_depth(depth_config, cam.training_sequence(clip, train, K_given),
                                     on_step=lambda done, loss: update(done, f"adapt {done}/{plan.adapt_steps}"))
-    with progress.stage("cameras", plan.align_steps + 1) as update:
+    with progress.stage("cameras", plan.align_steps + 3 * probe_steps(plan) + 1) as update:
         cameras = _cameras(run, depth_run, clip, train, test, K_given, plan, config, device, update)
     with progress.stage("mesh") as update:
         mesh = _mesh(run, clip, train, cameras, config)
@@ -232,17 +242,25 @@ def _cameras(run: Path, depth_run: Path, clip: Clip, train: list[int], test: lis
         on_step=lambda s: update(s, f"refine {s}/{plan.align_steps}"), seed=config.seed, device=device,
     )
     c2w = carry_corrections(raw.c2w, train, refined.c2w)
-    K = raw.K.copy()
-    K[0, 0] *= refined.focal_scale
-    K[1, 1] *= refined.focal_scale
+    K = scale_focal(raw.K, refined.focal_scale)
+    profile = None
+    if raw.K_estimated:
+        probe = probe_steps(plan)
+        profile = focal_profile(
+            clip.rgb[train], clip.valid[train], raw.depth[train], raw.K, refined, steps=probe,
+            window=config.video.align_window, height=config.video.align_height, seed=config.seed, device=device,
+            on_step=lambda s: update(plan.align_steps + s, f"focal probes {s}/{3 * probe}"))
     follows = torch.tensor([anchor_of(i, train) for i in range(len(clip))])  # each frame's training frame
     depth = correct_depth(raw.depth, refined.scale[follows], refined.shift_mm[follows], refined.shape[follows])
     depth = depth.clamp_min(0) * clip.fov
-    update(plan.align_steps, "register held-out frames")
+    update(plan.align_steps + 3 * probe_steps(plan), "register held-out frames")
     c2w = register_frames(clip.rgb, clip.valid, depth, K, c2w, test, train, steps=plan.align_steps,
                           height=config.video.align_height, device=device)
     info = {"K_estimated": raw.K_estimated, "focal_px": float(K[0, 0]), "focal_scale_refined": refined.focal_scale,
             "refine_loss_before": refined.loss_before, "refine_loss_after": refined.loss_after,
+            "focal_probe": None if profile is None else {
+                "relative_change": FOCAL_PROBE, "objective_rise": list(profile.rise),
+                "determined": profile.determined},
             "depth_scale_range": [float(refined.scale.min()), float(refined.scale.max())],
             "depth_shape_max_factor": float(refined.shape.abs().max().exp()),
             "path_length": float((c2w[1:, :3, 3] - c2w[:-1, :3, 3]).norm(dim=1).sum())}
@@ -334,7 +352,7 @@ def _evaluate(run: Path, config: ReconstructConfig, plan: VideoPlan, clip: Clip,
                                                           f"{plan.width}x{plan.height}), {len(frames.test)} held out"),
                ("held-out PSNR", f"{means['psnr']:.2f} dB (repeating the nearest training frame: "
                                  f"{baseline['psnr']:.2f} dB)"),
-               ("focal length", f"{cameras.K[0, 0]:.1f} px ({'estimated' if cameras.info['K_estimated'] else 'given'})"),
+               ("focal length", focal_summary(cameras.info)),
                ("Gaussians", f"{model.num_gaussians}"), ("device", device.type)]
     write_report(run / "report.html", title=f"endo3d reconstruct: {Path(config.input).name}", summary=summary,
                  settings=to_dict(config), timings=seconds,
@@ -343,6 +361,22 @@ def _evaluate(run: Path, config: ReconstructConfig, plan: VideoPlan, clip: Clip,
                  strip_headings=["input", "render", "depth"], mesh_image=picture,
                  notes=[metrics["scale_note"], lpips_note])
     return metrics
+
+
+def focal_summary(info: dict[str, Any]) -> str:
+    """One line on the focal length from the camera stage's ``info``: given, or estimated and whether the
+    video determines it."""
+    focal = f"{info['focal_px']:.1f} px"
+    probe = info.get("focal_probe")
+    if probe is None:
+        return f"{focal} ({'estimated' if info['K_estimated'] else 'given'})"
+    low, high = (100 * r for r in probe["objective_rise"])
+    change = 100 * probe["relative_change"]
+    fit = f"the refitted objective changes {low:+.1f} % / {high:+.1f} % at -/+{change:.0f} %"
+    if probe["determined"]:
+        return f"{focal} (estimated; {fit})"
+    return (f"{focal} (estimated, NOT determined by this video: {fit}; "
+            f"pass --K or --calibration where metric intrinsics matter)")
 
 
 def cameras_json(clip: Clip, cameras: Cameras) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from endo3d.core.errors import InputError
 from endo3d.geometry import carry_corrections, invert_pose, look_at, se3_exp
 from endo3d.pipeline.cameras import average_motion, chain, intrinsics_from_flags, network_size
 from endo3d.pipeline.consistency import (
-    correct_depth, corrected, frame_pairs, refine_cameras, register_frames, shape_grid_size,
+    FOCAL_DETERMINED_RISE, Refined, correct_depth, corrected, focal_profile, frame_pairs, refine_cameras,
+    register_frames, scale_focal, shape_grid_size,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -259,15 +260,41 @@ def test_held_out_frames_follow_the_refined_neighbour():
     assert torch.equal(out[train], refined)
 
 
+def turning_cameras(count: int) -> torch.Tensor:
+    """``(count, 4, 4)`` c2w stepping 1 mm right per frame while turning about 3.3 degrees per frame."""
+    return torch.stack([look_at(torch.tensor([1.0 * k, 0.0, 0.0], dtype=torch.float64),
+                                torch.tensor([4.0 * k, 0.5 * k, 50.0], dtype=torch.float64),
+                                torch.tensor([0.0, -1.0, 0.0], dtype=torch.float64)) for k in range(count)])
+
+
 def test_focal_refinement_moves_a_wrong_focal_towards_the_truth():
     """With the focal 10 % too long and a turning camera, the refinement pulls it back."""
-    c2w = torch.stack([look_at(torch.tensor([1.0 * k, 0.0, 0.0], dtype=torch.float64),
-                               torch.tensor([4.0 * k, 0.5 * k, 50.0], dtype=torch.float64),
-                               torch.tensor([0.0, -1.0, 0.0], dtype=torch.float64)) for k in range(6)])
+    c2w = turning_cameras(6)
     rgb, depth = surface_frames(c2w)
-    wrong = VIEW_K.numpy().copy()
-    wrong[0, 0] *= 1.1
-    wrong[1, 1] *= 1.1
-    out = refine_cameras(rgb, torch.ones(6, 1, VIEW_H, VIEW_W, dtype=torch.bool), depth, wrong, c2w, steps=200,
-                         window=2, height=48, learn_focal=True)
+    out = refine_cameras(rgb, torch.ones(6, 1, VIEW_H, VIEW_W, dtype=torch.bool), depth,
+                         scale_focal(VIEW_K.numpy(), 1.1), c2w, steps=200, window=2, height=48, learn_focal=True)
     assert abs(1.1 * out.focal_scale - 1) < 0.4 * 0.1, out.focal_scale  # 10 % -> 2.4 % measured
+
+
+def exact_refinement(c2w: torch.Tensor) -> Refined:
+    """A :class:`Refined` that changes nothing: the true poses, depth and focal."""
+    count = len(c2w)
+    return Refined(c2w=c2w, scale=torch.ones(count), shift_mm=torch.zeros(count),
+                   shape=torch.zeros(count, 1, *shape_grid_size(VIEW_H, VIEW_W)), focal_scale=1.0,
+                   loss_before=0.0, loss_after=0.0)
+
+
+@pytest.mark.parametrize("cameras, determined", [(turning_cameras, True), (sliding_cameras, False)])
+def test_focal_profile_tells_a_turning_camera_from_a_translating_one(cameras, determined):
+    """Exact images and depth at the true focal. Turning, a -+10 % focal cannot be fitted by the other
+    unknowns, so the objective rises at both probes; translating, ``f t_x / Z`` is undone exactly by scaling
+    the lateral translation, so neither probe fits worse (up to the refit's own convergence)."""
+    c2w = cameras(6)
+    rgb, depth = surface_frames(c2w)
+    profile = focal_profile(rgb, torch.ones(6, 1, VIEW_H, VIEW_W, dtype=torch.bool), depth, VIEW_K.numpy(),
+                            exact_refinement(c2w), steps=60, window=2, height=48)
+    assert profile.determined is determined, profile.rise
+    if determined:  # 7.6 % and 10.4 % measured
+        assert min(profile.rise) > 2 * FOCAL_DETERMINED_RISE, profile.rise
+    else:  # 0.71 % and 0.75 % measured
+        assert max(abs(r) for r in profile.rise) < 0.5 * FOCAL_DETERMINED_RISE, profile.rise

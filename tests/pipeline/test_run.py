@@ -80,6 +80,9 @@ def test_run_folder_has_every_output(run):
     assert np.allclose(R @ R.transpose(0, 2, 1), np.eye(3), atol=1e-5)
     K = np.array(cameras["K"])
     assert K[0, 0] > 0 and K[1, 1] > 0 and 0 <= K[0, 2] < 64 and 0 <= K[1, 2] < 48
+    probe = metrics["cameras"]["focal_probe"]  # K was estimated, so it was probed
+    assert probe["relative_change"] == 0.1 and isinstance(probe["determined"], bool)
+    assert len(probe["objective_rise"]) == 2 and all(math.isfinite(r) for r in probe["objective_rise"])
     assert sorted(p.name for p in (run / "renders").glob("*.png")) == ["000001.png", "000009.png"]
     depth = [np.load(run / "depth" / f"{i:06d}.npy") for i in range(10)]
     assert all(d.shape == (48, 64) and d.dtype == np.float32 and (d > 0).mean() > 0.5 for d in depth)
@@ -114,6 +117,7 @@ def test_report_names_the_stages_and_shows_the_strip(run):
         assert stage in html
     assert html.count("<img") == 2 * 3 + 1  # two held-out frames x (input, render, depth) + the mesh
     assert "nearest training frame" in html
+    assert "focal length" in html and "at -/+10 %" in html
 
 
 def test_render_command_works_on_a_video_run(run, tmp_path):
