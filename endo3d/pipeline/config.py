@@ -49,6 +49,10 @@ class VideoSettings:
     baselines constrain the depth shape: simulated colon, 32 frames, AbsRel 0.094 with 2, 0.083 with 4)."""
     align_height: int = 72
     """Image height (pixels) at which the refinement compares frames."""
+    focal_probe: bool = True
+    """Probe an estimated focal length -/+10 % after the refinement and flag it when the video does not
+    determine it (three refits of a fifth of --video.align-steps each: on a 2-core CPU, about as long as the
+    refinement itself)."""
     voxel_mm: float = 0.0
     """TSDF voxel size in the poses' units (0: about two pixels' footprint at the median depth)."""
     depth_loss: Literal["relative", "metric"] = "relative"

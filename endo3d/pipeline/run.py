@@ -109,18 +109,12 @@ def depth_relief(depth: torch.Tensor, valid: torch.Tensor) -> float:
     return float(np.median(values)) if values else 0.0
 
 
-def probe_steps(plan: VideoPlan) -> int:
-    """Refit steps of each of :func:`~endo3d.pipeline.consistency.focal_profile`'s three probes: a fifth of the
-    refinement's (60 of 300 separate a colon's 3.5 % rise from a translating camera's 0.8 %)."""
-    return max(10, plan.align_steps // 5)
-
-
 def _weights(plan: VideoPlan, gs_steps: int, frames: int) -> dict[str, float]:
     """Expected relative cost of each stage (seconds on a 2-core CPU, measured per step at 160x90)."""
     pixels = plan.width * plan.height / (160 * 90)
     tokens = plan.net_height * plan.net_width / (84 * 154)
     return {"frames": 0.05 * frames, "depth": 0.35 * plan.depth_batch * tokens * plan.adapt_steps,
-            "cameras": 0.3 * plan.align_steps + 0.6 * probe_steps(plan) + 0.1 * frames, "mesh": 3.0,
+            "cameras": 0.3 * plan.align_steps + 0.8 * plan.focal_probe_steps + 0.1 * frames, "mesh": 3.0,
             "gaussians": 0.17 * pixels ** 0.5 * gs_steps, "evaluate": 5.0 + 0.2 * frames}
 
 
@@ -193,7 +187,7 @@ def _stages(run: Path, config: ReconstructConfig, gs_config: ReconstructConfig, 
         )
         depth_run = cam.adapt_depth(depth_config, cam.training_sequence(clip, train, K_given),
                                     on_step=lambda done, loss: update(done, f"adapt {done}/{plan.adapt_steps}"))
-    with progress.stage("cameras", plan.align_steps + 3 * probe_steps(plan) + 1) as update:
+    with progress.stage("cameras", plan.align_steps + 3 * plan.focal_probe_steps + 1) as update:
         cameras = _cameras(run, depth_run, clip, train, test, K_given, plan, config, device, update)
     with progress.stage("mesh") as update:
         mesh = _mesh(run, clip, train, cameras, config)
@@ -244,16 +238,16 @@ def _cameras(run: Path, depth_run: Path, clip: Clip, train: list[int], test: lis
     c2w = carry_corrections(raw.c2w, train, refined.c2w)
     K = scale_focal(raw.K, refined.focal_scale)
     profile = None
-    if raw.K_estimated:
-        probe = probe_steps(plan)
+    probes = 3 * plan.focal_probe_steps
+    if probes:
         profile = focal_profile(
-            clip.rgb[train], clip.valid[train], raw.depth[train], raw.K, refined, steps=probe,
+            clip.rgb[train], clip.valid[train], raw.depth[train], raw.K, refined, steps=plan.focal_probe_steps,
             window=config.video.align_window, height=config.video.align_height, seed=config.seed, device=device,
-            on_step=lambda s: update(plan.align_steps + s, f"focal probes {s}/{3 * probe}"))
+            on_step=lambda s: update(plan.align_steps + s, f"focal probes {s}/{probes}"))
     follows = torch.tensor([anchor_of(i, train) for i in range(len(clip))])  # each frame's training frame
     depth = correct_depth(raw.depth, refined.scale[follows], refined.shift_mm[follows], refined.shape[follows])
     depth = depth.clamp_min(0) * clip.fov
-    update(plan.align_steps + 3 * probe_steps(plan), "register held-out frames")
+    update(plan.align_steps + probes, "register held-out frames")
     c2w = register_frames(clip.rgb, clip.valid, depth, K, c2w, test, train, steps=plan.align_steps,
                           height=config.video.align_height, device=device)
     info = {"K_estimated": raw.K_estimated, "focal_px": float(K[0, 0]), "focal_scale_refined": refined.focal_scale,

@@ -63,6 +63,12 @@ def test_plan_fills_zeros_from_the_video_and_device():
     narrow = make_plan(ReconstructConfig(input=Path("v.mp4"), out=Path("r"), video=VideoSettings(net_width=9000)),
                        frames=250, fps=25.0, source_size=(360, 640), cuda=True)
     assert narrow.net_width == 644  # never wider than the working width (640, rounded to 14)
+    assert fast.focal_probe_steps == 300 // 5  # the focal is estimated, so it is probed
+    given = make_plan(ReconstructConfig(input=Path("v.mp4"), out=Path("r"), fast=True, K=(100.0, 100.0, 80.0, 45.0)),
+                      frames=250, fps=25.0, source_size=(360, 640), cuda=False)
+    unprobed = make_plan(ReconstructConfig(input=Path("v.mp4"), out=Path("r"), video=VideoSettings(focal_probe=False)),
+                         frames=250, fps=25.0, source_size=(360, 640), cuda=False)
+    assert given.focal_probe_steps == 0 and unprobed.focal_probe_steps == 0
 
 
 def test_run_folder_has_every_output(run):
