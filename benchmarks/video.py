@@ -172,7 +172,8 @@ def main() -> None:
                 row = {"scene": scene, **score(dataset, run)}
                 rows.append(row)
                 print(f"{scene} {length}: ATE {row['ate_pct_path']:.1f} % of path (tissue frame "
-                      f"{row['ate_tissue_frame_pct_path']:.1f} %, floor {row['ate_floor_pct_path']:.1f} %), AbsRel {row['abs_rel']:.3f}, "
+                      f"{row['ate_tissue_frame_pct_path']:.1f} %, floor {row['ate_floor_pct_path']:.1f} %), "
+                      f"AbsRel {row['abs_rel']:.3f}, "
                       f"focal {row['focal_error_pct']:.1f} %, PSNR {row['psnr']:.2f} "
                       f"(nearest frame {row['psnr_nearest_frame']:.2f}) dB, {row['total_seconds']:.0f} s", flush=True)
     header = ["scene", "frames", "ATE mm", "path mm", "ATE %", "tissue-frame %", "floor %", "AbsRel", "focal %",

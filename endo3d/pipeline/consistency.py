@@ -301,7 +301,7 @@ class FocalProfile:
 def focal_profile(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, K: np.ndarray, refined: Refined,
                   *, steps: int, window: int, height: int, on_step: Callable[[int], None] | None = None,
                   seed: int = 0, device: torch.device | str = "cpu") -> FocalProfile:
-    """Profile of the refinement's objective along the focal length, at the estimate and at ``-+``:data:`FOCAL_PROBE`.
+    """The refinement's objective along the focal length: at the estimate, and :data:`FOCAL_PROBE` either side.
 
     From :func:`refine_cameras`' result (its corrected depth, poses and focal ``f``), the focal is held at
     ``f / (1 + p)``, ``f`` and ``f (1 + p)`` in turn while every other unknown is refitted for ``steps`` steps
@@ -320,8 +320,9 @@ def focal_profile(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, K
     losses = []
     for k, factor in enumerate((1 / (1 + FOCAL_PROBE), 1.0, 1 + FOCAL_PROBE)):
         done = k * steps
-        fit = refine_cameras(rgb, valid, depth, scale_focal(K, refined.focal_scale * factor), refined.c2w, steps=steps, window=window, height=height,
-                             learn_focal=False, levels=2, seed=seed, device=device,
+        fit = refine_cameras(rgb, valid, depth, scale_focal(K, refined.focal_scale * factor), refined.c2w,
+                             steps=steps, window=window, height=height, learn_focal=False, levels=2, seed=seed,
+                             device=device,
                              on_step=None if on_step is None else lambda s, done=done: on_step(done + s))
         losses.append(fit.loss_after)
     middle = max(losses[1], 1e-12)
