@@ -76,6 +76,8 @@ PAIRS_PER_STEP = 48
 the clip length."""
 FOCAL_PROBE = 0.1
 """Relative focal change at which :func:`focal_profile` probes the objective (-+10 %)."""
+FOCAL_PROBE_FACTORS = (1 / (1 + FOCAL_PROBE), 1.0, 1 + FOCAL_PROBE)
+"""The focal factors :func:`focal_profile` refits at, one refit each: shorter, the estimate, longer."""
 FOCAL_DETERMINED_RISE = 0.02
 """Smallest rise of the refitted objective at both probes for the video to determine the focal length.
 Measured on simulated clips (160 x 128, 16 and 32 frames, estimated depth): a colon's forward, turning camera
@@ -314,11 +316,11 @@ def focal_profile(rgb: torch.Tensor, valid: torch.Tensor, depth: torch.Tensor, K
         rgb, valid, depth, K, refined: the inputs of :func:`refine_cameras` (training frames, uncorrected
             depth, ``K`` before the focal correction) and its result; steps: refit steps per probe;
         window, height, seed, device: as for :func:`refine_cameras`; on_step: called with the steps done
-            over all three refits.
+            over all refits.
     """
     depth = correct_depth(depth, refined.scale, refined.shift_mm, refined.shape).clamp_min(1e-3)
     losses = []
-    for k, factor in enumerate((1 / (1 + FOCAL_PROBE), 1.0, 1 + FOCAL_PROBE)):
+    for k, factor in enumerate(FOCAL_PROBE_FACTORS):
         done = k * steps
         fit = refine_cameras(rgb, valid, depth, scale_focal(K, refined.focal_scale * factor), refined.c2w,
                              steps=steps, window=window, height=height, learn_focal=False, levels=2, seed=seed,
