@@ -108,8 +108,9 @@ class ReconstructConfig:
     when other jobs share the cores; raise it on a many-core machine."""
     rasterizer: Literal["auto", "torch", "gsplat"] = "auto"
     """``gsplat`` needs CUDA; ``torch`` is endo3d's own rasteriser (any device); ``auto`` picks gsplat on CUDA."""
-    deformation: Literal["hexplane", "basis"] = "hexplane"
-    """Deformation field: EndoGaussian's HexPlane + MLP, or Deform3DGS's per-Gaussian temporal bases."""
+    deformation: Literal["auto", "hexplane", "basis"] = "auto"
+    """Deformation field: EndoGaussian's HexPlane + MLP, or Deform3DGS's per-Gaussian temporal bases (``auto``:
+    hexplane for a dataset, bases for a video, whose moving instruments no mask removes)."""
     hexplane: HexPlaneConfig = field(default_factory=HexPlaneConfig)
     basis: BasisConfig = field(default_factory=BasisConfig)
     iterations: int = 0
@@ -179,8 +180,8 @@ class ReconstructConfig:
         out += positive(d, "refine_every", prefix="--densify.")
         out += [f"--densify.{n.replace('_', '-')} must be >= 0, got {getattr(d, n)}"
                 for n in ("reset_every", "max_gaussians", "refine_start", "refine_stop") if getattr(d, n) < 0]
-        field = self.hexplane if self.deformation == "hexplane" else self.basis
-        out += [f"--{self.deformation}.{p}" for p in field.problems()]
+        for name in ("hexplane", "basis") if self.deformation == "auto" else (self.deformation,):
+            out += [f"--{name}.{p}" for p in getattr(self, name).problems()]
         out += [f"--{n.replace('_', '-')} must be >= 0, got {getattr(self, n)}"
                 for n in ("start", "stride", "max_frames", "width", "adapt_steps") if getattr(self, n) < 0]
         if self.end is not None and self.end <= self.start:

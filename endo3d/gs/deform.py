@@ -318,6 +318,8 @@ class BasisField(DeformationField):
     def __init__(self, config: BasisConfig) -> None:
         super().__init__()
         problems = config.problems()
+        if config.init_width == 0:
+            problems.append("init_width 0 (one frame spacing) must be resolved first (endo3d.gs.train.resolve_field)")
         if problems:
             raise ValueError("; ".join(problems))
         self.config = config

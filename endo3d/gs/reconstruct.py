@@ -151,6 +151,8 @@ def reconstruct(config: ReconstructConfig) -> ReconstructResult:
 
 
 def _reconstruct(config: ReconstructConfig) -> ReconstructResult:
+    if config.deformation == "auto":  # EndoGaussian's field: on datasets the better depth (README)
+        config = dataclasses.replace(config, deformation="hexplane")
     check_resumable_output(config.out, overwrite=config.overwrite, resume=config.resume)
     device = resolve_device(config.device)
     backend = choose_backend(config.rasterizer, device)
@@ -163,7 +165,7 @@ def _reconstruct(config: ReconstructConfig) -> ReconstructResult:
             if problem:
                 raise Endo3dError(f"{run / CHECKPOINT}: {problem}, or start again with --overwrite")
             trainer.load_state_dict(state)
-        write_json(run / "config.json", to_dict(config))
+        write_json(run / "config.json", to_dict(trainer.config))
         trainer.fit(run, progress=config.progress)
         if config.refine_poses == "on":
             frames.c2w = trainer.bake_cameras().cpu()

@@ -32,6 +32,7 @@ from endo3d.geometry import carry_corrections, se3_exp
 from endo3d.gs.config import ReconstructConfig
 from endo3d.gs.data import FrameSet
 from endo3d.gs.deform import make_field
+from endo3d.gs.deform_config import BasisConfig, HexPlaneConfig
 from endo3d.gs.densify import Densifier
 from endo3d.gs.gaussians import create_splats
 from endo3d.gs.init import initial_points
@@ -68,6 +69,22 @@ def _defaults(config: ReconstructConfig, device: torch.device) -> dict[str, int]
     return FAST_DEFAULTS if config.fast else CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
 
 
+def resolve_field(config: ReconstructConfig, frames: int) -> ReconstructConfig:
+    """``config`` with the basis width's 0 replaced by one frame spacing of ``frames`` frames, ``1 / (frames - 1)``
+    in normalised time (the trainer records the resolved value in checkpoints and ``config.json``)."""
+    if config.deformation != "basis" or config.basis.init_width > 0:
+        return config
+    return dataclasses.replace(config, basis=dataclasses.replace(config.basis, init_width=1.0 / max(frames - 1, 1)))
+
+
+def field_config(config: ReconstructConfig) -> HexPlaneConfig | BasisConfig:
+    """The settings of ``config``'s deformation field (``--deformation auto`` is resolved before training: by
+    :func:`endo3d.gs.reconstruct.reconstruct` for a dataset, by the video plan for a video)."""
+    if config.deformation == "auto":
+        raise ValueError("--deformation auto must be resolved before training")
+    return config.hexplane if config.deformation == "hexplane" else config.basis
+
+
 def schedule_steps(config: ReconstructConfig, device: torch.device) -> tuple[int, int]:
     """``(coarse, fine)`` step counts: the config's, or the device's (``--fast``) defaults where it has zeros."""
     base = _defaults(config, device)
@@ -96,6 +113,7 @@ class Trainer:
     """Owns the model, optimisers, densifier and random stream of one run."""
 
     def __init__(self, config: ReconstructConfig, frames: FrameSet, device: torch.device, backend: str) -> None:
+        config = resolve_field(config, len(frames))
         self.config = config
         self.frames = frames.to(device)
         self.device = device
@@ -114,8 +132,7 @@ class Trainer:
         self.scene_scale = float((hi - lo).norm()) / 2
         margin = 0.1 * (hi - lo) + 1e-3
         self.aabb = torch.stack([lo - margin, hi + margin])
-        field_config = config.hexplane if config.deformation == "hexplane" else config.basis
-        field = make_field(field_config, self.aabb.to(device)).to(device)
+        field = make_field(field_config(config), self.aabb.to(device)).to(device)
         splats = create_splats(cloud.points, cloud.rgb, cloud.spacing.clamp_min(1e-3), sh_degree=config.sh_degree,
                                extra=field.per_gaussian_init(cloud.points.shape[0], torch.device("cpu")))
         self.model = DeformableGaussians(splats.to(device), field, sh_degree=0)
@@ -349,8 +366,7 @@ def load_model(checkpoint: dict[str, Any], device: torch.device) -> DeformableGa
     from endo3d.core.config import from_dict
 
     config = from_dict(ReconstructConfig, checkpoint["config"], CHECKPOINT)
-    field_config = config.hexplane if config.deformation == "hexplane" else config.basis
-    field = make_field(field_config, checkpoint["aabb"].to(device)).to(device)
+    field = make_field(field_config(config), checkpoint["aabb"].to(device)).to(device)
     field.load_state_dict(checkpoint["field"])
     splats = torch.nn.ParameterDict({k: torch.nn.Parameter(v.to(device), requires_grad=False)
                                      for k, v in checkpoint["splats"].items()})

@@ -74,13 +74,18 @@ class VideoPlan:
     """Steps of each focal probe refit (0: no probe, because K is given or ``--video.no-focal-probe``)."""
 
     def gaussian_config(self, config: ReconstructConfig) -> ReconstructConfig:
-        """``config`` with the video's depth loss where the user left ``--loss.depth auto`` and camera refinement
-        where ``--refine-poses auto`` (the Gaussians' schedule, ``--fast`` included, is resolved by
-        :func:`endo3d.gs.train.resolve_schedule`)."""
+        """``config`` with the video's depth loss where the user left ``--loss.depth auto``, camera refinement
+        where ``--refine-poses auto`` and the temporal bases where ``--deformation auto`` (the Gaussians' schedule,
+        ``--fast`` included, is resolved by :func:`endo3d.gs.train.resolve_schedule`).
+
+        The bases because a video comes without instrument masks: per-Gaussian trajectories follow a moving
+        grasper that the HexPlane field, smooth in space, blurs away (README, video benchmark)."""
         if config.loss.depth == "auto":
             config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, depth=config.video.depth_loss))
         if config.refine_poses == "auto":
             config = dataclasses.replace(config, refine_poses="on")
+        if config.deformation == "auto":
+            config = dataclasses.replace(config, deformation="basis")
         return config
 
 

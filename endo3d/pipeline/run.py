@@ -210,7 +210,7 @@ def _stages(run: Path, config: ReconstructConfig, gs_config: ReconstructConfig, 
             if problem:
                 raise InputError(run / CHECKPOINT, f"{problem}, or start again with --overwrite")
             trainer.load_state_dict(state)
-        write_json(run / "config.json", to_dict(gs_config))
+        write_json(run / "config.json", to_dict(trainer.config))
         trainer.fit(run, progress=False, on_step=lambda s: update(s, f"step {s}/{trainer.schedule.total}"))
         if gs_config.refine_poses == "on":
             cameras.c2w = trainer.bake_cameras().double().cpu()
@@ -327,7 +327,7 @@ def _evaluate(run: Path, config: ReconstructConfig, plan: VideoPlan, clip: Clip,
         "frames": len(clip), "source_frames": [int(x) for x in clip.index], "stride": plan.stride,
         "working_size": [plan.width, plan.height], "preset": plan.preset,
         "cameras": cameras.info, "stage_seconds": seconds,
-        "iterations": trainer.schedule.total, "deformation": config.deformation,
+        "iterations": trainer.schedule.total, "deformation": trainer.config.deformation,
         "rasterizer": resolved_backend(backend, device), "depth_loss": trainer.schedule.depth,
         "mesh": {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)), "voxel": mesh.voxel_mm},
         "per_frame": per_frame,

@@ -27,6 +27,9 @@ AABB = torch.tensor([[-5.0, -4.0, 20.0], [5.0, 4.0, 30.0]])
 #: A small HexPlane so that tests run in milliseconds.
 SMALL = HexPlaneConfig(features=4, resolution=6, time_resolution=5, scales=(1, 2), width=16,
                        deform_opacities=True)
+#: Deform3DGS's initial basis width (``init_param``); the repo's default, 0, is one frame spacing of a run's clip.
+ANCHOR_WIDTH = 0.01
+ANCHOR_BASIS = BasisConfig(init_width=ANCHOR_WIDTH)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,7 +48,7 @@ def _splats(field, n: int = 40, seed: int = 0) -> torch.nn.ParameterDict:
 
 def _fields() -> list:
     torch.manual_seed(0)
-    return [make_field(SMALL, AABB), make_field(BasisConfig(deform_opacities=True), AABB)]
+    return [make_field(SMALL, AABB), make_field(BasisConfig(init_width=ANCHOR_WIDTH, deform_opacities=True), AABB)]
 
 
 @pytest.mark.parametrize("index", [0, 1], ids=["hexplane", "basis"])
@@ -82,7 +85,9 @@ def test_make_field_and_interface() -> None:
     with pytest.raises(ValueError):
         make_field(dataclasses.replace(SMALL, time_resolution=1), AABB)
     with pytest.raises(ValueError):
-        make_field(BasisConfig(num_basis=0), AABB)
+        make_field(BasisConfig(num_basis=0, init_width=ANCHOR_WIDTH), AABB)
+    with pytest.raises(ValueError, match="resolved"):
+        make_field(BasisConfig(), AABB)  # width 0 = one frame spacing: needs the clip (resolve_field)
 
 
 def test_presets() -> None:
@@ -110,7 +115,7 @@ def test_shapes_and_disabled_heads() -> None:
                                                 deform_opacities=False), AABB)
     d = only_means(splats, 0.2)
     assert d.means.shape == (9, 3) and d.scales is None and d.quats is None and d.opacities is None
-    assert BasisField(BasisConfig())(_splats(BasisField(BasisConfig()), n=3), 0.1).opacities is None
+    assert BasisField(ANCHOR_BASIS)(_splats(BasisField(ANCHOR_BASIS), n=3), 0.1).opacities is None
     empty = hex_field({"means": torch.zeros(0, 3)}, 0.5)
     assert empty.means.shape == (0, 3)
 
@@ -270,7 +275,7 @@ def test_basis_function_values() -> None:
 
 
 def test_basis_field_sums_weighted_bases() -> None:
-    field = BasisField(BasisConfig(num_basis=3, deform_opacities=True))
+    field = BasisField(BasisConfig(num_basis=3, init_width=ANCHOR_WIDTH, deform_opacities=True))
     splats = _splats(field, n=2)
     with torch.no_grad():
         splats["deform_weights"].zero_()
@@ -339,6 +344,6 @@ def test_hexplane_fits_a_sinusoidal_motion() -> None:
 
 
 def test_basis_field_fits_a_sinusoidal_motion() -> None:
-    field = make_field(BasisConfig(), AABB)  # the repo's narrow initial widths, 16 frames off the centres
+    field = make_field(ANCHOR_BASIS, AABB)  # Deform3DGS's narrow initial widths, 16 frames off the centres
     before, after = _fit(field, _splats(field, n=48), lr=0.05)
     assert after < before / 10, (before, after)

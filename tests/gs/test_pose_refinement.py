@@ -41,8 +41,8 @@ def test_a_shifted_training_camera_is_pulled_back(small_tissue, tmp_path, one_th
     truth = frames.c2w.clone()
     k = frames.train[3]
     frames.c2w[k, 0, 3] += SHIFT_MM
-    config = ReconstructConfig(input=small_tissue, out=tmp_path / "run", refine_poses="on", iterations=200,
-                               coarse_iterations=50, init_points=3000, progress=False)
+    config = ReconstructConfig(input=small_tissue, out=tmp_path / "run", deformation="hexplane", refine_poses="on",
+                               iterations=200, coarse_iterations=50, init_points=3000, progress=False)
     trainer = Trainer(config, frames, torch.device("cpu"), "torch")
     others = [j for j in frames.train if j != k]
     assert _relative_error(trainer.cameras(), truth, k, others) == pytest.approx(SHIFT_MM, abs=1e-5)

@@ -1,5 +1,6 @@
 """``endo3d reconstruct`` / ``endo3d render`` end to end on a tiny simulated tissue sequence."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -36,6 +37,8 @@ def test_run_folder_has_the_conventions_outputs(run, tissue):
                 "device", "test_frames"):
         assert key in m
     assert m["test_frames"] == [1, 9] and m["device"] == "cpu" and m["lpips"] is None
+    # --deformation auto is EndoGaussian's HexPlane for a dataset, and the run records the resolved field
+    assert m["deformation"] == "hexplane" == json.loads((run / "config.json").read_text())["deformation"]
     assert sorted(p.name for p in (run / "renders").glob("*.png")) == ["000001.png", "000009.png"]
     assert not (run.parent / ".run.partial").exists()
     # a few dozen steps already fit the tissue far better than a blank image
@@ -93,6 +96,9 @@ def test_resume_continues_bit_for_bit(tissue, tmp_path, monkeypatch, deformation
     straight = tmp_path / "straight"
     reconstruct(ReconstructConfig(input=tissue, out=straight, **settings))
     assert json.loads((straight / "metrics.json").read_text())["num_gaussians"] != 3000  # densification ran
+    if deformation == "basis":  # the default width, 0, is recorded as one frame spacing of the 10-frame clip
+        config = torch.load(straight / "checkpoint.pt", weights_only=False)["config"]
+        assert config["basis"]["init_width"] == pytest.approx(1 / 9)
 
     interrupted = tmp_path / "interrupted"
     original = train_module.Trainer.train_step
@@ -116,6 +122,17 @@ def test_resume_continues_bit_for_bit(tissue, tmp_path, monkeypatch, deformation
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_the_trainer_needs_a_resolved_field(tissue, tmp_path):
+    """``--deformation auto`` means nothing to the trainer: reconstruct (dataset) or the video plan resolves it."""
+    config = ReconstructConfig(input=tissue, out=tmp_path / "r")
+    with pytest.raises(ValueError, match="resolved"):
+        train_module.field_config(config)
+    basis = train_module.resolve_field(dataclasses.replace(config, deformation="basis"), frames=33)
+    assert basis.basis.init_width == pytest.approx(1 / 32)
+    given = dataclasses.replace(config, deformation="basis", basis=dataclasses.replace(config.basis, init_width=0.01))
+    assert train_module.resolve_field(given, frames=33) is given
 
 
 def test_bad_input_exits_2_with_one_line(tissue, tmp_path, capsys):

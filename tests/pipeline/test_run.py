@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -69,6 +70,11 @@ def test_plan_fills_zeros_from_the_video_and_device():
     unprobed = make_plan(ReconstructConfig(input=Path("v.mp4"), out=Path("r"), video=VideoSettings(focal_probe=False)),
                          frames=250, fps=25.0, source_size=(360, 640), cuda=False)
     assert given.focal_probe_steps == 0 and unprobed.focal_probe_steps == 0
+    # --deformation auto: the temporal bases for a video; a field the user names is kept
+    user = ReconstructConfig(input=Path("v.mp4"), out=Path("r"))
+    assert fast.gaussian_config(user).deformation == "basis"
+    hexplane = dataclasses.replace(user, deformation="hexplane")
+    assert fast.gaussian_config(hexplane).deformation == "hexplane"
 
 
 def test_run_folder_has_every_output(run):
@@ -78,6 +84,8 @@ def test_run_folder_has_every_output(run):
         assert isinstance(metrics[key], (int, float)) and math.isfinite(metrics[key]), key
     assert math.isfinite(metrics["baseline_nearest_frame"]["psnr"])
     assert metrics["metric_scale"] is False and metrics["depth_rmse_mm"] is None
+    basis = json.loads((run / "config.json").read_text())["basis"]
+    assert metrics["deformation"] == "basis" and basis["init_width"] == pytest.approx(1 / 9)  # 10 frames
     assert set(metrics["stage_seconds"]) == set(STAGES) - {"evaluate"}
     cameras = json.loads((run / "cameras.json").read_text())
     assert (cameras["width"], cameras["height"]) == (64, 48) and len(cameras["frames"]) == 10
