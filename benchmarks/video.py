@@ -23,6 +23,13 @@ masks). The run's outputs are then scored against the labels:
 - **held-out PSNR** of the Gaussians vs repeating the nearest training frame;
 - per-stage seconds from ``metrics.json``.
 
+``--instrument-masks`` also gives each run the simulator's instrument labels
+as ``--masks`` (what a user with tool masks gets, e.g. from a segmentation
+model); a scene without instruments (the colon) runs without. The grasper
+is then left out of training and of both held-out PSNRs. Such rows are
+marked ``+masks``; rows with a ``--deformation`` other than the video
+default (Deform3DGS's temporal bases) ``+hexplane`` or ``+basis``.
+
 ``--input frames`` gives the dataset's PNG frames as an image folder instead
 of the mp4 (the same pipeline without the H.264 round trip; e.g. on a GPU
 machine without PyAV).
@@ -57,7 +64,7 @@ from endo3d.depth.train import train
 from endo3d.gs.config import ReconstructConfig
 from endo3d.gs.reconstruct import reconstruct
 from endo3d.pipeline.config import VideoSettings
-from endo3d.io import VideoWriter, open_dataset, read_png
+from endo3d.io import VideoWriter, open_dataset, read_png, write_png
 from endo3d.sim.config import SimulateConfig
 from endo3d.sim.simulate import simulate
 
@@ -68,6 +75,20 @@ def encode_video(dataset: Path, out: Path, fps: float) -> None:
     with VideoWriter(out, fps=fps, crf=18) as writer:
         for f in frames:
             writer.write(read_png(f))
+
+
+def write_instrument_masks(dataset: Path, out: Path) -> bool:
+    """The dataset's instrument labels (1..254) as binary PNGs in ``out``; False if it has none."""
+    labels = [f.mask for f in open_dataset(dataset)]
+    if any(m is None for m in labels):
+        return False
+    tools = [((m[0] > 0) & (m[0] < 255)).numpy() for m in labels]
+    if not any(t.any() for t in tools):
+        return False
+    out.mkdir(parents=True, exist_ok=True)
+    for k, t in enumerate(tools):
+        write_png(out / f"{k:06d}.png", t.astype(np.uint8) * 255)
+    return True
 
 
 def score(dataset: Path, run: Path) -> dict:
@@ -124,6 +145,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--input", choices=["mp4", "frames"], default="mp4",
                         help="what reconstruct is given: the H.264 mp4, or the PNG frames as an image folder")
+    parser.add_argument("--deformation", choices=["auto", "hexplane", "basis"], default="auto",
+                        help="the Gaussians' deformation field (reconstruct --deformation; auto: the bases for video)")
+    parser.add_argument("--instrument-masks", action="store_true",
+                        help="give reconstruct the simulator's instrument labels as --masks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="keep data and runs here (default: temporary)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/video.json"))
@@ -164,14 +189,20 @@ def main() -> None:
                     encode_video(dataset, video, args.fps)
                 else:
                     video = dataset / "rgb"
-                run = work / f"run_{scene}_{length}"
+                masks = work / f"instruments_{scene}_{length}"
+                masked = args.instrument_masks and write_instrument_masks(dataset, masks)
+                field = "" if args.deformation == "auto" else f"+{args.deformation}"
+                label = scene + ("+masks" if masked else "") + field
+                run = work / f"run_{label.replace('+', '_')}_{length}"
                 reconstruct(ReconstructConfig(input=video, out=run, overwrite=True, fast=args.fast, width=width,
                                               stride=1, max_frames=length, depth_init=prior,
+                                              masks=masks if masked else None, deformation=args.deformation,
                                               adapt_steps=args.adapt_steps, device=args.device, seed=args.seed,
                                               progress=False, video=VideoSettings(image_fps=args.fps)))
-                row = {"scene": scene, **score(dataset, run)}
+                row = {"scene": label, "instrument_masks": masked, "deformation": args.deformation,
+                       **score(dataset, run)}
                 rows.append(row)
-                print(f"{scene} {length}: ATE {row['ate_pct_path']:.1f} % of path (tissue frame "
+                print(f"{row['scene']} {length}: ATE {row['ate_pct_path']:.1f} % of path (tissue frame "
                       f"{row['ate_tissue_frame_pct_path']:.1f} %, floor {row['ate_floor_pct_path']:.1f} %), "
                       f"AbsRel {row['abs_rel']:.3f}, "
                       f"focal {row['focal_error_pct']:.1f} %, PSNR {row['psnr']:.2f} "
