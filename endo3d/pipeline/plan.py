@@ -7,9 +7,12 @@ same numbers. Presets (a 2-core CPU was the yardstick for ``--fast``: a
 
 | | working width | network width | frames | adapt steps | batch | refine steps | Gaussian steps (coarse + fine) |
 | --- | --- | --- | --- | --- | --- | --- | --- |
-| ``--fast`` | 160 | 160 | 48 | 150 | 2 | 300 | 150 + 1000 (``endo3d.gs.train.FAST_DEFAULTS``) |
-| CPU | 256 | 256 | 96 | 600 | 4 | 300 | 300 + 2200 |
-| CUDA | 640 | 320 | 250 | 1000 | 4 | 300 | the anchors' 1000 + 3000 |
+| ``--fast`` | 160 | 160 | 48 | 150 | 2 | 300 | 0 + 1000 (``endo3d.gs.train.FAST_DEFAULTS``) |
+| CPU | 256 | 256 | 96 | 600 | 4 | 300 | 0 + 2200 |
+| CUDA | 640 | 320 | 250 | 1000 | 4 | 300 | 0 + 3000 (the anchors' fine steps) |
+
+(no coarse stage: a video's default deformation, the temporal bases, has none, as in Deform3DGS; with
+``--deformation hexplane`` 150, 300 and 1000 coarse steps come first).
 
 The depth and pose networks see the frames at the *network width* (rounded
 to a multiple of 14 for the ViT). On CUDA that is half the working width:
