@@ -128,7 +128,7 @@ def score(dataset: Path, run: Path) -> dict:
         "focal_probe_rise_pct": [100 * r for r in probe["objective_rise"]], "focal_determined": probe["determined"],
         "psnr": metrics["psnr"], "psnr_nearest_frame": metrics["baseline_nearest_frame"]["psnr"],
         "stage_seconds": metrics["stage_seconds"], "total_seconds": sum(metrics["stage_seconds"].values()),
-        "num_gaussians": metrics["num_gaussians"],
+        "num_gaussians": metrics["num_gaussians"], "deformation": metrics["deformation"],
     }
 
 
@@ -199,8 +199,7 @@ def main() -> None:
                                               masks=masks if masked else None, deformation=args.deformation,
                                               adapt_steps=args.adapt_steps, device=args.device, seed=args.seed,
                                               progress=False, video=VideoSettings(image_fps=args.fps)))
-                row = {"scene": label, "instrument_masks": masked, "deformation": args.deformation,
-                       **score(dataset, run)}
+                row = {"scene": label, "instrument_masks": masked, **score(dataset, run)}
                 rows.append(row)
                 print(f"{row['scene']} {length}: ATE {row['ate_pct_path']:.1f} % of path (tissue frame "
                       f"{row['ate_tissue_frame_pct_path']:.1f} %, floor {row['ate_floor_pct_path']:.1f} %), "

@@ -110,7 +110,7 @@ class ReconstructConfig:
     """``gsplat`` needs CUDA; ``torch`` is endo3d's own rasteriser (any device); ``auto`` picks gsplat on CUDA."""
     deformation: Literal["auto", "hexplane", "basis"] = "auto"
     """Deformation field: EndoGaussian's HexPlane + MLP, or Deform3DGS's per-Gaussian temporal bases (``auto``:
-    hexplane for a dataset, bases for a video, whose moving instruments no mask removes)."""
+    hexplane for a dataset, bases for a video, whose moving instruments are usually unmasked)."""
     hexplane: HexPlaneConfig = field(default_factory=HexPlaneConfig)
     basis: BasisConfig = field(default_factory=BasisConfig)
     iterations: int = 0

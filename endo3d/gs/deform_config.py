@@ -85,16 +85,17 @@ class BasisConfig:
     Each deformed channel ``c`` of each Gaussian changes by
     ``sum_j w_cj exp(-((t - mu_cj)^2 / (sigma_cj^2 + 1e-4))^2)``. The anchor
     (``arguments/endonerf/default.py``) has 17 bases and ``init_param =
-    0.01``, about one frame spacing of its 63- to 156-frame EndoNeRF clips;
-    the default width here is one frame spacing of the clip at hand, so
-    that a short clip's held-out times do not fall between the bases.
+    0.01``, about one frame spacing of its 63- to 156-frame EndoNeRF clips.
+    The default width here is one frame spacing of the clip at hand (at
+    least 0.01): on a 16-frame clip 0.01 leaves the held-out times between
+    the narrow bases.
     """
 
     num_basis: int = 17
     """Basis functions per channel; their centres start evenly spaced over [0, 1]."""
     init_width: float = 0.0
     """Initial width sigma of every basis function, in normalised time t (0: one frame spacing, 1 / (frames - 1),
-    resolved by :func:`endo3d.gs.train.resolve_field`)."""
+    at least 0.01; resolved by :func:`endo3d.gs.train.resolve_field`)."""
     deform_opacities: bool = False
     """Also deform the opacity logit (Deform3DGS deforms positions, rotations and scales only)."""
 

@@ -69,12 +69,18 @@ def _defaults(config: ReconstructConfig, device: torch.device) -> dict[str, int]
     return FAST_DEFAULTS if config.fast else CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
 
 
+#: Deform3DGS's initial basis width (``init_param``), in normalised time: the floor of the resolved width.
+ANCHOR_BASIS_WIDTH = 0.01
+
+
 def resolve_field(config: ReconstructConfig, frames: int) -> ReconstructConfig:
     """``config`` with the basis width's 0 replaced by one frame spacing of ``frames`` frames, ``1 / (frames - 1)``
-    in normalised time (the trainer records the resolved value in checkpoints and ``config.json``)."""
+    in normalised time, but at least :data:`ANCHOR_BASIS_WIDTH` (so a clip of over 101 frames starts as the
+    anchor does). The trainer records the resolved value in checkpoints and ``config.json``."""
     if config.deformation != "basis" or config.basis.init_width > 0:
         return config
-    return dataclasses.replace(config, basis=dataclasses.replace(config.basis, init_width=1.0 / max(frames - 1, 1)))
+    width = max(1.0 / max(frames - 1, 1), ANCHOR_BASIS_WIDTH)
+    return dataclasses.replace(config, basis=dataclasses.replace(config.basis, init_width=width))
 
 
 def field_config(config: ReconstructConfig) -> HexPlaneConfig | BasisConfig:
@@ -114,6 +120,7 @@ class Trainer:
 
     def __init__(self, config: ReconstructConfig, frames: FrameSet, device: torch.device, backend: str) -> None:
         config = resolve_field(config, len(frames))
+        field_settings = field_config(config)
         self.config = config
         self.frames = frames.to(device)
         self.device = device
@@ -132,7 +139,7 @@ class Trainer:
         self.scene_scale = float((hi - lo).norm()) / 2
         margin = 0.1 * (hi - lo) + 1e-3
         self.aabb = torch.stack([lo - margin, hi + margin])
-        field = make_field(field_config(config), self.aabb.to(device)).to(device)
+        field = make_field(field_settings, self.aabb.to(device)).to(device)
         splats = create_splats(cloud.points, cloud.rgb, cloud.spacing.clamp_min(1e-3), sh_degree=config.sh_degree,
                                extra=field.per_gaussian_init(cloud.points.shape[0], torch.device("cpu")))
         self.model = DeformableGaussians(splats.to(device), field, sh_degree=0)

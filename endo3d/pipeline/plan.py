@@ -81,7 +81,7 @@ class VideoPlan:
         where ``--refine-poses auto`` and the temporal bases where ``--deformation auto`` (the Gaussians' schedule,
         ``--fast`` included, is resolved by :func:`endo3d.gs.train.resolve_schedule`).
 
-        The bases because a video comes without instrument masks: per-Gaussian trajectories follow a moving
+        The bases because a video's instruments are usually unmasked: per-Gaussian trajectories follow a moving
         grasper that the HexPlane field, smooth in space, blurs away (README, video benchmark)."""
         if config.loss.depth == "auto":
             config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, depth=config.video.depth_loss))

@@ -129,8 +129,9 @@ def test_the_trainer_needs_a_resolved_field(tissue, tmp_path):
     config = ReconstructConfig(input=tissue, out=tmp_path / "r")
     with pytest.raises(ValueError, match="resolved"):
         train_module.field_config(config)
-    basis = train_module.resolve_field(dataclasses.replace(config, deformation="basis"), frames=33)
-    assert basis.basis.init_width == pytest.approx(1 / 32)
+    basis = dataclasses.replace(config, deformation="basis")
+    assert train_module.resolve_field(basis, frames=33).basis.init_width == pytest.approx(1 / 32)  # frame spacing
+    assert train_module.resolve_field(basis, frames=250).basis.init_width == 0.01  # never below Deform3DGS's
     given = dataclasses.replace(config, deformation="basis", basis=dataclasses.replace(config.basis, init_width=0.01))
     assert train_module.resolve_field(given, frames=33) is given
 
