@@ -126,8 +126,9 @@ class ReconstructConfig:
     lr: LearningRates = field(default_factory=LearningRates)
     loss: LossConfig = field(default_factory=LossConfig)
     refine_poses: Literal["auto", "on", "off"] = "auto"
-    """Refine the training cameras jointly with the Gaussians (``auto``: on for video input, whose cameras are
-    estimated; off for datasets, whose poses are given)."""
+    """Refine the training cameras jointly with the Gaussians (``auto``: on for a video's estimated cameras with the
+    HexPlane field; off with the temporal bases, whose free trajectories take up camera corrections, and for
+    datasets, whose poses are given)."""
     depth_dir: Path | None = None
     """Folder of per-frame ``NNNNNN.npy`` z-depth maps in mm to train on instead of the input's (the input's
     depth, if any, stays the reference of the depth error)."""

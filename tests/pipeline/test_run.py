@@ -70,11 +70,15 @@ def test_plan_fills_zeros_from_the_video_and_device():
     unprobed = make_plan(ReconstructConfig(input=Path("v.mp4"), out=Path("r"), video=VideoSettings(focal_probe=False)),
                          frames=250, fps=25.0, source_size=(360, 640), cuda=False)
     assert given.focal_probe_steps == 0 and unprobed.focal_probe_steps == 0
-    # --deformation auto: the temporal bases for a video; a field the user names is kept
+    # --deformation auto: the temporal bases for a video, without camera refinement; a named field is kept,
+    # and the HexPlane field refines the cameras
     user = ReconstructConfig(input=Path("v.mp4"), out=Path("r"))
-    assert fast.gaussian_config(user).deformation == "basis"
-    hexplane = dataclasses.replace(user, deformation="hexplane")
-    assert fast.gaussian_config(hexplane).deformation == "hexplane"
+    bases = fast.gaussian_config(user)
+    assert (bases.deformation, bases.refine_poses) == ("basis", "off")
+    hexplane = fast.gaussian_config(dataclasses.replace(user, deformation="hexplane"))
+    assert (hexplane.deformation, hexplane.refine_poses) == ("hexplane", "on")
+    forced = fast.gaussian_config(dataclasses.replace(user, refine_poses="on"))
+    assert (forced.deformation, forced.refine_poses) == ("basis", "on")
 
 
 def test_run_folder_has_every_output(run):
