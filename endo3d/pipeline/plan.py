@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from endo3d.gs.config import ReconstructConfig
 from endo3d.pipeline.cameras import network_size
+from endo3d.pipeline.consistency import FOCAL_PROBE_FACTORS
 from endo3d.pipeline.frames import working_size
 
 PRESETS = {
@@ -75,6 +76,11 @@ class VideoPlan:
     align_steps: int
     focal_probe_steps: int
     """Steps of each focal probe refit (0: no probe, because K is given or ``--video.no-focal-probe``)."""
+
+    @property
+    def focal_probe_total(self) -> int:
+        """Steps of all the focal probe's refits together (one per factor of ``FOCAL_PROBE_FACTORS``)."""
+        return len(FOCAL_PROBE_FACTORS) * self.focal_probe_steps
 
     def gaussian_config(self, config: ReconstructConfig) -> ReconstructConfig:
         """``config`` with the video's depth loss where the user left ``--loss.depth auto``, the temporal bases

@@ -59,7 +59,7 @@ from endo3d.gs.train import CHECKPOINT, Trainer, schedule_steps
 from endo3d.pipeline import cameras as cam
 from endo3d.geometry import anchor_of, carry_corrections
 from endo3d.pipeline.consistency import (
-    FOCAL_PROBE, FOCAL_PROBE_FACTORS, correct_depth, focal_profile, refine_cameras, register_frames, scale_focal,
+    FOCAL_PROBE, correct_depth, focal_profile, refine_cameras, register_frames, scale_focal,
 )
 from endo3d.pipeline.frames import Clip, load_clip, probe_clip
 from endo3d.pipeline.plan import MIN_FRAMES, VideoPlan, make_plan
@@ -187,7 +187,7 @@ def _stages(run: Path, config: ReconstructConfig, gs_config: ReconstructConfig, 
         )
         depth_run = cam.adapt_depth(depth_config, cam.training_sequence(clip, train, K_given),
                                     on_step=lambda done, loss: update(done, f"adapt {done}/{plan.adapt_steps}"))
-    with progress.stage("cameras", plan.align_steps + len(FOCAL_PROBE_FACTORS) * plan.focal_probe_steps + 1) as update:
+    with progress.stage("cameras", plan.align_steps + plan.focal_probe_total + 1) as update:
         cameras = _cameras(run, depth_run, clip, train, test, K_given, plan, config, device, update)
     with progress.stage("mesh") as update:
         mesh = _mesh(run, clip, train, cameras, config)
@@ -238,7 +238,7 @@ def _cameras(run: Path, depth_run: Path, clip: Clip, train: list[int], test: lis
     c2w = carry_corrections(raw.c2w, train, refined.c2w)
     K = scale_focal(raw.K, refined.focal_scale)
     profile = None
-    probes = len(FOCAL_PROBE_FACTORS) * plan.focal_probe_steps
+    probes = plan.focal_probe_total
     if probes:
         profile = focal_profile(
             clip.rgb[train], clip.valid[train], raw.depth[train], raw.K, refined, steps=plan.focal_probe_steps,
