@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,18 +10,10 @@ from endo3d.depth.data import open_sequences
 from endo3d.io import read_dataset
 from endo3d.pbr.config import FieldConfig
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pbr_depth_finetune.py"
-
 
 @pytest.fixture(scope="module")
-def experiment():
-    spec = importlib.util.spec_from_file_location("pbr_depth_finetune", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def experiment(load_benchmark):
+    return load_benchmark("pbr_depth_finetune")
 
 
 def test_prepared_renders_are_labelled_depth_data_off_the_training_path(experiment, tmp_path):

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from endo3d.io import open_dataset
 from endo3d.pipeline.frames import load_clip
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "video.py"
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("video_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_benchmark):
+    return load_benchmark("video")
 
 
 def test_instrument_labels_round_trip_through_the_masks_flag(script, tissue, tmp_path):
