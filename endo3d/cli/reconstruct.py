@@ -5,24 +5,22 @@ from __future__ import annotations
 from endo3d.gs.config import ReconstructConfig, RenderConfig
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def run_reconstruct(config: ReconstructConfig) -> None:
+    from endo3d.gs.metrics import format_metric
     from endo3d.gs.reconstruct import reconstruct
 
     result = reconstruct(config)
     m = result.metrics
     print(f"wrote {result.run}: {m['num_gaussians']} Gaussians, {m['iterations']} steps in "
           f"{m['train_seconds']:.0f} s on {m['device']} ({m['deformation']}, {m['rasterizer']} rasteriser)")
-    print(f"test frames {m['test_frames']}: PSNR {_fmt(m['psnr'])} dB (masked full image), "
-          f"{_fmt(m['psnr_tissue'])} dB (tissue only), SSIM {_fmt(m['ssim'], 3)}, LPIPS {_fmt(m['lpips'], 3)}, "
-          f"depth RMSE {_fmt(m['depth_rmse_mm'])} mm, render {m['render_fps']:.0f} fps")
+    print(f"test frames {m['test_frames']}: PSNR {format_metric(m['psnr'])} dB (masked full image), "
+          f"{format_metric(m['psnr_tissue'])} dB (tissue only), SSIM {format_metric(m['ssim'], 3)}, "
+          f"LPIPS {format_metric(m['lpips'], 3)}, "
+          f"depth RMSE {format_metric(m['depth_rmse_mm'])} mm, render {m['render_fps']:.0f} fps")
     baseline = m.get("baseline_nearest_frame")
     if baseline is not None:
-        print(f"baseline, repeating the nearest training frame: PSNR {_fmt(baseline['psnr'])} dB, "
-              f"SSIM {_fmt(baseline['ssim'], 3)}")
+        print(f"baseline, repeating the nearest training frame: PSNR {format_metric(baseline['psnr'])} dB, "
+              f"SSIM {format_metric(baseline['ssim'], 3)}")
         from endo3d.pipeline.run import focal_summary
 
         print(f"focal length {focal_summary(m['cameras'])}")

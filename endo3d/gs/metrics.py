@@ -1,15 +1,19 @@
-"""Image and depth metrics of held-out frames, two protocols side by side.
+"""Image and depth metrics of held-out frames, the anchors' two protocols side by side.
 
-- **masked full image** (EndoGaussian / Deform3DGS): render and target are
-  both multiplied by the tissue mask and compared over *all* pixels, so the
-  instrument pixels count as perfectly predicted. This is the number the
-  anchors report; it is inflated by the masked area.
-- **tissue only**: the error is averaged over tissue pixels alone.
+- **masked full image** (Deform3DGS's PSNR; EndoGaussian's and Deform3DGS's
+  SSIM and LPIPS): render and target are both multiplied by the tissue mask
+  and compared over *all* pixels, so the instrument pixels count as
+  perfectly predicted; it is inflated by the masked area.
+- **tissue only** (EndoGaussian's PSNR, whose ``psnr(render, gt, mask)``
+  divides the masked squared error by the mask's pixel count): the error is
+  averaged over tissue pixels alone.
 
-PSNR is ``10 log10(1 / MSE)`` for images in [0, 1]. SSIM uses an 11x11
-Gaussian window (sigma 1.5). LPIPS (AlexNet) needs weights that cannot be
-downloaded here; it is computed only when the ``lpips`` package and its
-AlexNet backbone are present locally.
+PSNR is ``10 log10(1 / MSE)`` for images in [0, 1], at most :data:`PSNR_CAP_DB`.
+SSIM uses an 11x11 Gaussian window (sigma 1.5) with zero-padded borders, as
+3DGS's ``ssim``, which both anchors evaluate with. LPIPS (AlexNet, as
+Deform3DGS; EndoGaussian uses VGG) needs weights that cannot be downloaded
+here; it is computed only when the ``lpips`` package and its AlexNet backbone
+are present locally.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ import torch
 from endo3d.gs.losses import ssim_map
 
 ALEXNET_CHECKPOINT = "alexnet-owt-7be5be79.pth"
+PSNR_CAP_DB = 100.0
+"""PSNR of identical images (MSE 0), which would otherwise be infinite: no image of 8-bit renders that differ
+comes near it (one 8-bit step in one pixel of 640 x 512 x 3 is 113 dB), and JSON has no infinity."""
 
 
 @dataclass
@@ -31,18 +38,23 @@ class ImageMetrics:
     """Metrics of one frame (None where they cannot be computed)."""
 
     psnr: float | None
-    """Masked full image (anchor protocol); None for a frame without tissue pixels."""
+    """Masked full image (Deform3DGS's protocol); None for a frame without tissue pixels."""
     psnr_tissue: float | None
-    """Tissue pixels only."""
+    """Tissue pixels only (EndoGaussian's protocol)."""
     ssim: float
-    """Masked full image."""
+    """Masked full image, zero-padded borders (both anchors' protocol)."""
     lpips: float | None
     depth_rmse_mm: float | None
 
 
 def psnr(mse: float) -> float:
-    """PSNR in dB of images in [0, 1] (inf for identical images)."""
-    return math.inf if mse <= 0 else -10 * math.log10(mse)
+    """PSNR in dB of images in [0, 1]: ``-10 log10(mse)``, at most :data:`PSNR_CAP_DB`."""
+    return min(PSNR_CAP_DB, math.inf if mse <= 0 else -10 * math.log10(mse))
+
+
+def format_metric(value: float | None, digits: int = 2) -> str:
+    """``value`` with ``digits`` decimals, or ``n/a`` where it could not be computed (None)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def image_metrics(render: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *,
@@ -64,7 +76,7 @@ def image_metrics(render: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     a, b = render * m, target * m
     tissue = bool(mask.any())
     out = ImageMetrics(psnr=psnr(mse_full) if tissue else None, psnr_tissue=psnr(mse_tissue) if tissue else None,
-                       ssim=float(ssim_map(a, b).mean()),
+                       ssim=float(ssim_map(a, b, border="zeros").mean()),
                        lpips=lpips(a, b) if lpips is not None else None, depth_rmse_mm=None)
     if depth is not None and target_depth is not None:
         valid = mask & (target_depth > 0)

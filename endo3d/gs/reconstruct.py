@@ -26,7 +26,7 @@ import torch
 
 from endo3d.core.config import to_dict
 from endo3d.core.errors import Endo3dError, InputError
-from endo3d.core.fs import check_resumable_output, resumable_output_dir
+from endo3d.core.fs import check_resumable_output, resumable_output_dir, write_bytes_atomic
 from endo3d.gs.config import ReconstructConfig
 from endo3d.gs.data import FrameSet, load_frames
 from endo3d.gs.metrics import ImageMetrics, image_metrics, load_lpips, mean_metrics
@@ -122,7 +122,8 @@ def cameras_json(frames: FrameSet) -> dict[str, Any]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    """``data`` as indented JSON (no NaN or infinity), written atomically: a crash leaves the old file or none."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
 
 
 def reconstruct(config: ReconstructConfig) -> ReconstructResult:
@@ -182,8 +183,9 @@ def _reconstruct(config: ReconstructConfig) -> ReconstructResult:
             "render_fps": fps, "num_gaussians": model.num_gaussians, "device": device.type,
             "test_frames": [int(frames.index[i]) for i in frames.test],
             "psnr_tissue": means["psnr_tissue"],
-            "psnr_protocol": "psnr and ssim: masked full image (instrument pixels zeroed in render and target, "
-                             "averaged over all pixels, as EndoGaussian/Deform3DGS); psnr_tissue: tissue pixels only",
+            "psnr_protocol": "psnr: masked full image (instrument pixels zeroed in render and target, averaged "
+                             "over all pixels, as Deform3DGS); psnr_tissue: tissue pixels only (as EndoGaussian); "
+                             "ssim: masked full image, zero-padded borders (both)",
             "lpips_note": lpips_note,
             "metric_scale": True,
             "iterations": trainer.schedule.total, "coarse_iterations": trainer.schedule.coarse,

@@ -9,7 +9,7 @@ maths (:func:`masked_mean`, :func:`ssim_map`) lives here so that
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,30 +38,33 @@ def _gaussian_window(size: int, sigma: float, like: torch.Tensor) -> torch.Tenso
     return w / w.sum()
 
 
-def _blur(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur of ``(N, H, W)`` maps with reflected borders.
+def _blur(x: torch.Tensor, w: torch.Tensor, border: Literal["reflect", "zeros"] = "reflect") -> torch.Tensor:
+    """Separable Gaussian blur of ``(N, H, W)`` maps, borders ``"reflect"``-ed or padded with ``"zeros"``.
 
     Two 1-D passes as depthwise (grouped) convolutions: on a CPU this is ~5x
     faster, forward and backward, than treating the maps as a batch of
     single-channel images.
     """
     n, r = x.shape[0], w.numel() // 2
-    x = F.pad(x[None], (r, r, r, r), mode="reflect")
+    x = F.pad(x[None], (r, r, r, r), mode="reflect" if border == "reflect" else "constant")
     x = F.conv2d(x, w.view(1, 1, 1, -1).expand(n, 1, 1, -1), groups=n)
     return F.conv2d(x, w.view(1, 1, -1, 1).expand(n, 1, -1, 1), groups=n)[0]
 
 
-def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = WINDOW, sigma: float = SIGMA) -> torch.Tensor:
+def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = WINDOW, sigma: float = SIGMA,
+             border: Literal["reflect", "zeros"] = "reflect") -> torch.Tensor:
     """Per-pixel SSIM of two ``(C, H, W)`` images in [0, 1].
 
     ``SSIM = (2 mu_a mu_b + C1)(2 s_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(s_a^2 + s_b^2 + C2))`` with
     local statistics under a ``window`` x ``window`` Gaussian (``sigma`` px), ``C1 = 0.01^2``,
-    ``C2 = 0.03^2`` (Wang et al. 2004), borders reflected. The blur is separable, which is
-    what makes it cheap enough for every training step on a CPU.
+    ``C2 = 0.03^2`` (Wang et al. 2004). The loss reflects the borders (and the CUDA kernel with
+    it); ``border="zeros"`` pads with zeros, as 3DGS's ``ssim`` and hence EndoGaussian's and
+    Deform3DGS's evaluation do, which :mod:`endo3d.gs.metrics` uses to report comparable numbers.
+    The blur is separable, which is what makes it cheap enough for every training step on a CPU.
     """
     w = _gaussian_window(window, sigma, a)
     c = a.shape[0]
-    stats = _blur(torch.cat([a, b, a * a, b * b, a * b]), w)
+    stats = _blur(torch.cat([a, b, a * a, b * b, a * b]), w, border)
     mu_a, mu_b, aa, bb, ab = stats.split(c)
     var_a, var_b, cov = aa - mu_a ** 2, bb - mu_b ** 2, ab - mu_a * mu_b
     c1, c2 = 0.01 ** 2, 0.03 ** 2

@@ -311,17 +311,13 @@ class Trainer:
 # -- evaluation -----------------------------------------------------------------------------------------
 
 
-def image_metrics(render: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """PSNR (masked full image, the anchors' protocol, and tissue only) and masked SSIM of ``(3, H, W)`` images."""
-    import kornia
+def image_metrics(render: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float | None]:
+    """PSNR (masked full image and tissue only) and masked SSIM of ``(3, H, W)`` images, by the Gaussians'
+    :func:`endo3d.gs.metrics.image_metrics` (the anchors' protocols; None where the frame has no tissue)."""
+    from endo3d.gs.metrics import image_metrics as frame_metrics
 
-    m = mask.to(render.dtype)
-    diff2 = ((render - target) * m).square()
-    mse_full = float(diff2.mean())
-    mse_tissue = float(diff2.sum() / (3 * m.sum()).clamp_min(1))
-    ssim = float(kornia.metrics.ssim((render * m)[None], (target * m)[None], 11, max_val=1.0, padding="same").mean())
-    to_db = lambda mse: math.inf if mse <= 0 else -10 * math.log10(mse)  # noqa: E731
-    return {"psnr": to_db(mse_full), "psnr_tissue": to_db(mse_tissue), "ssim": ssim}
+    m = frame_metrics(render, target, mask)
+    return {"psnr": m.psnr, "psnr_tissue": m.psnr_tissue, "ssim": m.ssim}
 
 
 def quantise(image: torch.Tensor) -> torch.Tensor:
@@ -335,9 +331,14 @@ def render_frames(model: PbrModel | BakedModel, inputs: FitInputs, ids: Sequence
         return [quantise(model.render([inputs.frames[i]], inputs.height, inputs.width, inputs.K)[0]) for i in ids]
 
 
-def mean_metrics(per_frame: list[dict[str, float]]) -> dict[str, float | None]:
-    keys = ("psnr", "psnr_tissue", "ssim")
-    return {k: (sum(m[k] for m in per_frame) / len(per_frame) if per_frame else None) for k in keys}
+def mean_metrics(per_frame: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Mean of each metric over the frames that have it (None when none has)."""
+
+    def avg(key: str) -> float | None:
+        values = [m[key] for m in per_frame if m[key] is not None]
+        return sum(values) / len(values) if values else None
+
+    return {k: avg(k) for k in ("psnr", "psnr_tissue", "ssim")}
 
 
 def true_albedo(inputs: FitInputs, index: int) -> torch.Tensor | None:

@@ -1,12 +1,16 @@
 """Losses and metrics against hand-computed values."""
 
+import dataclasses
+import json
 import math
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from endo3d.gs.losses import (
     inverse_depth_l1, masked_mean, pearson_depth_loss, photometric_loss, ssim_map, total_variation)
-from endo3d.gs.metrics import image_metrics, psnr
+from endo3d.gs.metrics import PSNR_CAP_DB, image_metrics, psnr
 
 
 def test_masked_mean_ignores_masked_pixels():
@@ -69,7 +73,7 @@ def test_psnr_protocols():
     assert abs(m.psnr_tissue - 20.0) < 1e-4  # mse 0.01 over tissue
     assert abs(m.psnr - (20.0 + 10 * math.log10(2))) < 1e-4  # the same error diluted over twice the pixels
     assert m.lpips is None and m.depth_rmse_mm is None
-    assert psnr(0.0) == math.inf
+    assert psnr(0.0) == PSNR_CAP_DB and psnr(1e-12) == PSNR_CAP_DB and psnr(1e-9) == pytest.approx(90.0)
 
 
 def test_depth_rmse_over_valid_tissue():
@@ -93,3 +97,29 @@ def test_ssim_matches_kornia():
     ref = kornia.metrics.ssim(a[None], b[None], 11, max_val=1.0, padding="same")[0]
     assert torch.allclose(ours, ref, atol=1e-5)
     assert torch.allclose(ssim_map(a, a), torch.ones_like(a), atol=1e-6)
+
+
+def test_metric_ssim_pads_with_zeros_as_the_anchors_evaluation():
+    """3DGS's ``ssim`` (EndoGaussian's and Deform3DGS's metric): the same window as a dense conv2d with
+    ``padding = 5``, i.e. zero borders."""
+    torch.manual_seed(3)
+    a, b = torch.rand(3, 20, 24), torch.rand(3, 20, 24)
+    b = 0.7 * a + 0.3 * b
+    g = torch.exp(-(torch.arange(11.0) - 5) ** 2 / (2 * 1.5 ** 2))
+    g = g / g.sum()
+    window = (g[:, None] * g[None, :]).expand(3, 1, 11, 11)
+    blur = lambda x: F.conv2d(x[None], window, padding=5, groups=3)[0]  # noqa: E731
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    ref = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    mask = torch.ones(1, 20, 24, dtype=torch.bool)
+    assert image_metrics(a, b, mask).ssim == pytest.approx(float(ref.mean()), abs=1e-6)
+    assert image_metrics(a, b, mask).ssim != pytest.approx(float(ssim_map(a, b).mean()), abs=1e-4)  # not reflected
+
+
+def test_psnr_of_identical_images_is_capped_and_stays_json():
+    mask = torch.ones(1, 8, 8, dtype=torch.bool)
+    m = image_metrics(torch.full((3, 8, 8), 0.5), torch.full((3, 8, 8), 0.5), mask)
+    assert m.psnr == m.psnr_tissue == PSNR_CAP_DB
+    json.dumps(dataclasses.asdict(m), allow_nan=False)

@@ -92,25 +92,31 @@ def test_dispatch_on_cpu_is_the_reference_bitwise(mask, weight):
     assert torch.equal(loss, ref_loss) and torch.equal(grad, ref_grad)
 
 
-def test_reference_ssim_matches_a_brute_force_window():
+@pytest.mark.parametrize("border", ["reflect", "zeros"])
+def test_reference_ssim_matches_a_brute_force_window(border):
     a, b, _ = images(2, 7, 9, "all", seed=2, dtype=torch.float64)
     w = half_window()
     c, h, wd = a.shape
     brute = torch.empty_like(a)
     refl = lambda j, n: -j if j < 0 else (2 * (n - 1) - j if j > n - 1 else j)  # noqa: E731
+    inside = lambda j, n: 0 <= j < n  # noqa: E731
     for y in range(h):
         for x in range(wd):
-            taps = [(w[abs(dy)] * w[abs(dx)], refl(y + dy, h), refl(x + dx, wd))
-                    for dy in range(-R, R + 1) for dx in range(-R, R + 1)]
+            if border == "reflect":
+                taps = [(w[abs(dy)] * w[abs(dx)], refl(y + dy, h), refl(x + dx, wd))
+                        for dy in range(-R, R + 1) for dx in range(-R, R + 1)]
+            else:  # outside pixels are 0, so they drop out of every local sum
+                taps = [(w[abs(dy)] * w[abs(dx)], y + dy, x + dx) for dy in range(-R, R + 1)
+                        for dx in range(-R, R + 1) if inside(y + dy, h) and inside(x + dx, wd)]
             for k in range(c):
                 mean = lambda f: sum(g * f(k, yy, xx) for g, yy, xx in taps)  # noqa: E731
                 mu_a, mu_b = mean(lambda k, i, j: a[k, i, j]), mean(lambda k, i, j: b[k, i, j])
-                var_a = mean(lambda k, i, j: (a[k, i, j] - mu_a) ** 2)
-                var_b = mean(lambda k, i, j: (b[k, i, j] - mu_b) ** 2)
-                cov = mean(lambda k, i, j: (a[k, i, j] - mu_a) * (b[k, i, j] - mu_b))
+                var_a = mean(lambda k, i, j: a[k, i, j] ** 2) - mu_a ** 2
+                var_b = mean(lambda k, i, j: b[k, i, j] ** 2) - mu_b ** 2
+                cov = mean(lambda k, i, j: a[k, i, j] * b[k, i, j]) - mu_a * mu_b
                 brute[k, y, x] = ((2 * mu_a * mu_b + C1) * (2 * cov + C2)
                                   / ((mu_a ** 2 + mu_b ** 2 + C1) * (var_a + var_b + C2)))
-    assert torch.allclose(ssim_map(a, b), brute, rtol=0, atol=1e-12)
+    assert torch.allclose(ssim_map(a, b, border=border), brute, rtol=0, atol=1e-12)
 
 
 def test_ssim_of_identical_images_is_one():
