@@ -25,9 +25,10 @@ class DensifyConfig:
     """Adaptive density control (3DGS / gsplat ``DefaultStrategy`` rules)."""
 
     refine_start: int = 300
-    """First step at which Gaussians are grown and pruned."""
+    """Gaussians are grown and pruned at the multiples of ``refine_every`` after this step (gsplat's rule:
+    300 and 100 refine first at step 400)."""
     refine_stop: int = 0
-    """Last step of growing, pruning and opacity resets (0: 60 % of the fine iterations)."""
+    """Growing, pruning and opacity resets stop before this step (0: 60 % of the fine iterations)."""
     refine_every: int = 100
     """Steps between growth and pruning."""
     reset_every: int = 0

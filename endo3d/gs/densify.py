@@ -9,7 +9,7 @@ cloned and pruned with its Gaussian):
 - statistics: after each backward pass, the norm of the gradient of the loss
   w.r.t. each drawn Gaussian's 2D centre, in NDC units (pixel gradient times
   ``(W/2, H/2)``), is accumulated with a count of the frames that drew it;
-- every ``refine_every`` steps in ``[refine_start, refine_stop)``: a Gaussian
+- every ``refine_every`` steps in ``(refine_start, refine_stop)``: a Gaussian
   whose mean gradient exceeds ``grow_grad2d`` is *duplicated* when its largest
   scale is at most ``grow_scale3d * scene_scale``, else *split* into two
   samples of itself with scales / 1.6; then Gaussians with opacity below

@@ -102,7 +102,7 @@ def render_video(config: RenderConfig) -> int:
         centre = float(cam[cam[:, 2] > 0, 2].median()) if bool((cam[:, 2] > 0).any()) else 50.0
         poses = orbit_path(c2w[0], centre, config.orbit_degrees, count)
     t = torch.linspace(0, 1, count)
-    background = torch.zeros(3, device=device)
+    background = torch.tensor(state["config"]["background"], dtype=torch.float32, device=device)  # as trained
     depth_range: tuple[float, float] | None = None
     out.parent.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
