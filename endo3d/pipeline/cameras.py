@@ -9,11 +9,13 @@
    apart.
 2. :func:`predict_cameras` runs the adapted networks on every frame: depth
    (network size, resized to the working size), the motion between
-   consecutive frames (the pose net both ways, ``T_{i<-i+1}`` averaged with
-   the inverse of ``T_{i+1<-i}`` on SE(3)), chained into ``c2w`` with frame 0
-   at the origin, and the intrinsics (mean of the per-pair predictions) when
-   they are not given. Inference on a test frame only places that frame's
-   camera; it trains nothing.
+   consecutive *training* frames (the pose net both ways, ``T_{a<-b}``
+   averaged with the inverse of ``T_{b<-a}`` on SE(3); the pairs the
+   adaptation saw), chained into ``c2w`` with frame 0 at the origin, and the
+   intrinsics (mean of those pairs' predictions) when they are not given.
+   Each test frame is placed by its motion from the training frame before
+   it, so a test image moves only its own camera: no training camera, depth
+   or intrinsics depends on it.
 
 Units: the depth network outputs mm and the pose net's translation is in mm
 (``endo3d.depth.posenet``); without metric supervision the scale they agree
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 
 from endo3d.depth.config import DepthTrainConfig
 from endo3d.depth.data import FrameSequence
-from endo3d.geometry import interpolate_pose, invert_pose
+from endo3d.geometry import anchor_of, interpolate_pose, invert_pose
 from endo3d.pipeline.frames import Clip
 
 DEPTH_RUN = "depth_model"
@@ -108,12 +110,18 @@ def chain(motions: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_cameras(run: Path, clip: Clip, K_given: np.ndarray | None, device: torch.device,
+def predict_cameras(run: Path, clip: Clip, train: list[int], K_given: np.ndarray | None, device: torch.device,
                     *, batch: int = 8, on_frame: Callable[[int], None] | None = None) -> RawCameras:
-    """Depth of every frame, consecutive motions chained into poses, and the intrinsics; see the module docstring."""
+    """Depth of every frame, motions between consecutive training frames chained into poses, each test frame
+    placed from the training frame before it, and the intrinsics; see the module docstring.
+
+    Args:
+        train: ascending positions of the training frames; the first must be 0.
+    """
     from endo3d.depth.run import load_run
     from endo3d.depth.train import resize_image, resize_intrinsics
 
+    assert train and train[0] == 0, "frame 0 is a training frame: it is the origin of the chain"
     loaded = load_run(run)
     net = loaded.net.to(device).eval()
     pose = loaded.pose
@@ -127,19 +135,25 @@ def predict_cameras(run: Path, clip: Clip, K_given: np.ndarray | None, device: t
         depths.append(F.interpolate(d, size=(clip.height, clip.width), mode="bilinear", align_corners=False).cpu())
         if on_frame is not None:
             on_frame(min(k + batch, len(clip)))
+    test = [i for i in range(len(clip)) if i not in set(train)]
+    pairs = list(zip(train[:-1], train[1:])) + [(train[anchor_of(i, train)], i) for i in test]
     motions, Ks = [], []
-    for k in range(0, len(clip) - 1, batch):
-        a = small[k:min(k + batch, len(clip) - 1)].to(device)
-        b = small[k + 1:min(k + batch, len(clip) - 1) + 1].to(device)
+    for k in range(0, len(pairs), batch):
+        a_ids, b_ids = zip(*pairs[k:k + batch])
+        a, b = small[list(a_ids)].to(device), small[list(b_ids)].to(device)
         fwd, bwd = pose(b, a), pose(a, b)  # target, source: T_{source <- target}
         motions.append(average_motion(fwd.T.double(), bwd.T.double()).cpu())
         if fwd.K is not None:
-            Ks += [fwd.K.double().cpu(), bwd.K.double().cpu()]
-    c2w = chain(torch.cat(motions))
+            Ks += [torch.stack([fwd.K.double().cpu(), bwd.K.double().cpu()], 1)]
+    motions = torch.cat(motions)
+    c2w = torch.empty(len(clip), 4, 4, dtype=torch.float64)
+    c2w[train] = chain(motions[:len(train) - 1])
+    for (a, b), T in zip(pairs[len(train) - 1:], motions[len(train) - 1:]):
+        c2w[b] = c2w[a] @ T
     if K_given is not None:
         K = np.asarray(K_given, dtype=np.float64)
     else:
-        K_net = torch.cat(Ks).mean(0).numpy()
+        K_net = torch.cat(Ks)[:len(train) - 1].mean((0, 1)).numpy()  # the training pairs' predictions only
         K = resize_intrinsics(K_net, size, (clip.height, clip.width))
     return RawCameras(depth=torch.cat(depths).float(), c2w=c2w, K=K, K_estimated=K_given is None)
 
@@ -155,7 +169,7 @@ def intrinsics_from_flags(K: tuple[float, float, float, float] | None, calibrati
 
     Raises:
         InputError: an unreadable or malformed calibration file, a K that is
-            not upper-triangular with positive focal lengths, or a principal
+            not of that form (positive focal lengths, no skew), or a principal
             point outside the image.
     """
     from endo3d.core.errors import InputError
@@ -169,7 +183,7 @@ def intrinsics_from_flags(K: tuple[float, float, float, float] | None, calibrati
             matrix = data["camera"]["K"] if "camera" in data else data["K"]
             M = np.asarray(matrix, dtype=np.float64)
             size = (int(data.get("height", source_size[0])), int(data.get("width", source_size[1])))
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, OverflowError) as e:
             raise InputError(calibration, f"not a calibration JSON with a 3x3 \"K\" ({type(e).__name__}: {e})") from None
         if M.shape != (3, 3):
             raise InputError(calibration, f"\"K\" must be 3x3, got shape {M.shape}")
@@ -180,9 +194,10 @@ def intrinsics_from_flags(K: tuple[float, float, float, float] | None, calibrati
     else:
         return None
     h, w = size
-    if not (np.isfinite(M).all() and M[0, 0] > 0 and M[1, 1] > 0 and M[1, 0] == M[2, 0] == M[2, 1] == 0
+    if not (np.isfinite(M).all() and M[0, 0] > 0 and M[1, 1] > 0 and M[0, 1] == M[1, 0] == M[2, 0] == M[2, 1] == 0
             and M[2, 2] == 1):
-        raise InputError(where, "K must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]] with positive focal lengths")
+        raise InputError(where, "K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with positive focal lengths "
+                                "(no skew: the renderer and the networks have none)")
     if not (0 <= M[0, 2] < w and 0 <= M[1, 2] < h):
         raise InputError(where, f"principal point ({M[0, 2]:g}, {M[1, 2]:g}) lies outside the {w}x{h} image "
                                 "it refers to (inconsistent K)")

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from endo3d.core.errors import InputError
+from endo3d.io import is_test_frame
 from endo3d.io.images import IMAGE_SUFFIXES, png_size, read_png, rgb_channels
 from endo3d.io.video import TIME_EPS, VIDEO_SUFFIXES, probe_video, read_video
 
@@ -289,10 +290,13 @@ def _to_float(frames: list[np.ndarray]) -> torch.Tensor:
     return out
 
 
-def _check_options(path: Path, start_s: float, end_s: float | None, stride: int, max_frames: int,
-                   width: int) -> None:
+def check_options(path: Path, start_s: float, end_s: float | None, stride: int, max_frames: int,
+                  width: int) -> None:
+    """InputError naming ``path`` for a frame selection :func:`load_clip` cannot make (see its arguments)."""
     if not (math.isfinite(start_s) and start_s >= 0):
         raise InputError(path, f"the start time must be >= 0 s, got {start_s}")
+    if end_s is not None and not math.isfinite(end_s):
+        raise InputError(path, f"the end time must be a number of seconds, got {end_s} (leave it out: to the end)")
     if end_s is not None and not end_s > start_s:
         raise InputError(path, f"zero-size crop: the time range [{start_s:g}, {end_s:g}) s is empty")
     if stride < 1:
@@ -328,7 +332,7 @@ def load_clip(path: str | Path, *, start_s: float = 0.0, end_s: float | None = N
         InputError: bad path, options, frames or masks; the message names the path.
     """
     path = Path(path)
-    _check_options(path, start_s, end_s, stride, max_frames, width)
+    check_options(path, start_s, end_s, stride, max_frames, width)
     source = _open_source(path, image_fps)
     size_hw = working_size((source.height, source.width), width)
     if source.is_video:
@@ -343,7 +347,8 @@ def load_clip(path: str | Path, *, start_s: float = 0.0, end_s: float | None = N
                                f"{source.frames} frames at {source.fps:g} fps")
     rgb = _to_float(frames)
     index_array = np.asarray(index, dtype=np.int64)
-    fov = detect_fov(rgb) if detect_fov_mask else torch.ones((1,) + size_hw, dtype=torch.bool)
+    training = [k for k in range(len(rgb)) if not is_test_frame(k)]  # held-out frames shape nothing
+    fov = detect_fov(rgb[training]) if detect_fov_mask else torch.ones((1,) + size_hw, dtype=torch.bool)
     instruments = None if masks is None else _load_instruments(Path(masks), source, index_array, size_hw)
     return Clip(rgb=rgb, fov=fov, specular=detect_specular(rgb, specular_threshold), instruments=instruments,
                 index=index_array, time_s=np.asarray(times, dtype=np.float64), fps=source.fps, source=path,

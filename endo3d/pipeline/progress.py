@@ -40,6 +40,7 @@ class StageProgress:
         self._bar: Any = tqdm(total=1000, disable=not enabled, dynamic_ncols=True,
                               bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
         self._done = 0.0
+        self._running: tuple[str, float] | None = None
 
     def _advance_to(self, value: float) -> None:
         if value > self._done:
@@ -51,8 +52,9 @@ class StageProgress:
         """Run stage ``name`` of ``total`` units; yields ``update(units_done, note)``.
 
         On exit the bar jumps to the end of the stage (a stage that was
-        already done on ``--resume`` takes no time) and its wall time is
-        recorded in :attr:`seconds`.
+        already done on ``--resume`` takes no time). Its wall time is
+        recorded in :attr:`seconds` however it exits, so an attempt that
+        fails or is interrupted still counts.
         """
         k = self.names.index(name)
         start_value = sum(self.shares[n] for n in self.names[:k])
@@ -65,9 +67,21 @@ class StageProgress:
             self._advance_to(start_value + share * min(done, total) / max(total, 1))
             self._bar.set_description_str(f"{label}: {note}" if note else label, refresh=False)
 
-        yield update
-        self._advance_to(start_value + share)
-        self._add(name, time.perf_counter() - started)
+        self._running = (name, started)
+        try:
+            yield update
+            self._advance_to(start_value + share)
+        finally:
+            self._running = None
+            self._add(name, time.perf_counter() - started)
+
+    def so_far(self) -> dict[str, float]:
+        """:attr:`seconds` with the running stage's time until now added (for a stage that reports on itself)."""
+        out = dict(self.seconds)
+        if self._running is not None:
+            name, started = self._running
+            out[name] = out.get(name, 0.0) + time.perf_counter() - started
+        return out
 
     def record(self, name: str, seconds: float) -> None:
         """Mark stage ``name`` done outside the bar (work before the bar was drawn) and keep its time."""

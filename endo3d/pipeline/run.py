@@ -51,7 +51,7 @@ from endo3d.depth.config import DepthTrainConfig
 from endo3d.gs.config import ReconstructConfig
 from endo3d.gs.data import FrameSet, split
 from endo3d.gs.frame_renderer import FrameRenderer
-from endo3d.gs.metrics import image_metrics, mean_metrics
+from endo3d.gs.metrics import format_metric, image_metrics, mean_metrics
 from endo3d.gs.reconstruct import (
     RENDER_DEPTH_SCALE_MM, ReconstructResult, choose_backend, evaluate, render_fps, resolved_backend, write_json,
 )
@@ -61,7 +61,7 @@ from endo3d.geometry import anchor_of, carry_corrections
 from endo3d.pipeline.consistency import (
     FOCAL_PROBE, correct_depth, focal_profile, refine_cameras, register_frames, scale_focal,
 )
-from endo3d.pipeline.frames import Clip, load_clip, probe_clip
+from endo3d.pipeline.frames import Clip, check_options, load_clip, probe_clip
 from endo3d.pipeline.plan import MIN_FRAMES, VideoPlan, make_plan
 from endo3d.pipeline.progress import StageProgress
 
@@ -124,6 +124,8 @@ def reconstruct_video(config: ReconstructConfig) -> ReconstructResult:
     device = resolve_device(config.device)
     backend = choose_backend(config.rasterizer, device)
     total, src_h, src_w, fps = probe_clip(config.input, image_fps=config.video.image_fps)
+    check_options(Path(config.input), config.start, config.end, max(config.stride, 1), config.max_frames,
+                  config.width)  # before the plan uses them; a stride of 0 is the plan's to pick
     plan = make_plan(config, frames=total, fps=fps, source_size=(src_h, src_w), cuda=device.type == "cuda")
     K_given = cam.intrinsics_from_flags(config.K, config.calibration, (src_h, src_w), (plan.height, plan.width))
     gs_config = plan.gaussian_config(config)
@@ -164,7 +166,10 @@ def _check_resume(config: ReconstructConfig, settings: dict[str, Any]) -> None:
     path = staging_dir(config.out) / PIPELINE_JSON
     if not path.is_file():
         return
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"unreadable ({type(e).__name__}); start again with --overwrite") from None
     if saved != settings:
         changed = sorted(k for k in settings["config"] if saved["config"].get(k) != settings["config"][k])
         raise InputError(config.out, "--resume with other settings than the interrupted run "
@@ -191,7 +196,7 @@ def _stages(run: Path, config: ReconstructConfig, gs_config: ReconstructConfig, 
         cameras = _cameras(run, depth_run, clip, train, test, K_given, plan, config, device, update)
     with progress.stage("mesh") as update:
         mesh = _mesh(run, clip, train, cameras, config)
-    relief = depth_relief(cameras.depth, clip.valid)
+    relief = depth_relief(cameras.depth[train], clip.valid[train])
     if relief < FLAT_RELIEF and gs_config.loss.depth == "relative":
         # a correlation with a flat map is noise: the Gaussians then follow the images alone
         gs_config = dataclasses.replace(gs_config, loss=dataclasses.replace(gs_config.loss, depth="none"))
@@ -229,7 +234,7 @@ def _cameras(run: Path, depth_run: Path, clip: Clip, train: list[int], test: lis
         saved = torch.load(path, map_location="cpu", weights_only=False)
         return Cameras(saved["depth"], saved["c2w"], saved["K"], saved["info"])
     update(0, "predict")
-    raw = cam.predict_cameras(depth_run, clip, K_given, device)
+    raw = cam.predict_cameras(depth_run, clip, train, K_given, device)
     refined = refine_cameras(
         clip.rgb[train], clip.valid[train], raw.depth[train], raw.K, raw.c2w[train], steps=plan.align_steps,
         window=config.video.align_window, height=config.video.align_height, learn_focal=raw.K_estimated,
@@ -309,7 +314,7 @@ def _evaluate(run: Path, config: ReconstructConfig, plan: VideoPlan, clip: Clip,
         np.save(run / "depth" / f"{i:06d}.npy", d)
         write_png(run / "depth" / f"{i:06d}.png", depth_to_rgb(d))
     write_json(run / "cameras.json", cameras_json(clip, cameras))
-    seconds = dict(progress.seconds)
+    seconds = progress.so_far()  # evaluate's own time until its outputs are written
     metrics = {
         "psnr": means["psnr"], "ssim": means["ssim"], "lpips": means["lpips"], "depth_rmse_mm": None,
         "train_seconds": trainer.train_seconds, "render_fps": fps, "num_gaussians": model.num_gaussians,
@@ -338,14 +343,15 @@ def _evaluate(run: Path, config: ReconstructConfig, plan: VideoPlan, clip: Clip,
         name = f"{i:06d}.png"  # the render and its depth as evaluate() stored them
         render = read_rgb(run / "renders" / name)
         d = decode_depth(read_png(run / "renders" / "depth" / name), RENDER_DEPTH_SCALE_MM)
+        caption = (f"frame {i} (video frame {int(clip.index[i])}): PSNR {format_metric(row['psnr'])} dB, "
+                   f"nearest training frame {format_metric(row['baseline_psnr'])} dB")
         strips.append(StripRow(index=i, images=[rgb_to_uint8(clip.rgb[i]), render, depth_to_rgb(d)],
-                               caption=f"frame {i} (video frame {int(clip.index[i])}): PSNR {row['psnr']:.2f} dB, "
-                                       f"nearest training frame {row['baseline_psnr']:.2f} dB"))
+                               caption=caption))
     picture = mesh_picture(mesh, cameras.K, cameras.c2w[0].numpy(), clip.width, clip.height, pull_back=0.3)
     summary = [("input", str(config.input)), ("frames", f"{len(clip)} (stride {plan.stride}, "
                                                           f"{plan.width}x{plan.height}), {len(frames.test)} held out"),
-               ("held-out PSNR", f"{means['psnr']:.2f} dB (repeating the nearest training frame: "
-                                 f"{baseline['psnr']:.2f} dB)"),
+               ("held-out PSNR", f"{format_metric(means['psnr'])} dB (repeating the nearest training frame: "
+                                 f"{format_metric(baseline['psnr'])} dB)"),
                ("focal length", focal_summary(cameras.info)),
                ("Gaussians", f"{model.num_gaussians}"), ("device", device.type)]
     write_report(run / "report.html", title=f"endo3d reconstruct: {Path(config.input).name}", summary=summary,

@@ -102,6 +102,8 @@ def test_calibration_file_with_its_own_size_and_meta_json(tmp_path):
     (json.dumps({"K": [[-5, 0, 10], [0, 5, 10], [0, 0, 1]]}), "positive focal"),
     (json.dumps({"K": [[500, 0, 900], [0, 500, 100], [0, 0, 1]]}), "outside"),
     (json.dumps({"K": [[500, 0, 100], [0, 500, 100], [0, 0, 1]], "width": 400, "height": 400}), "aspect"),
+    (json.dumps({"K": [[500, 3, 300], [0, 500, 100], [0, 0, 1]]}), "no skew"),
+    ('{"K": [[500, 0, 300], [0, 500, 100], [0, 0, 1]], "height": 1e999}', "not a calibration JSON"),
 ])
 def test_bad_calibration_is_one_line_naming_the_file(tmp_path, content, problem):
     path = tmp_path / "calib.json"

@@ -13,7 +13,7 @@ import torch
 
 from endo3d.cli.main import main
 from endo3d.gs.config import ReconstructConfig
-from endo3d.io import VideoWriter, probe_video, read_png, read_rgb
+from endo3d.io import VideoWriter, probe_video, read_png, read_rgb, write_png
 from endo3d.pipeline.config import VideoSettings
 from endo3d.pipeline.fusion import read_mesh_ply
 from endo3d.pipeline.plan import make_plan
@@ -90,7 +90,7 @@ def test_run_folder_has_every_output(run):
     assert metrics["metric_scale"] is False and metrics["depth_rmse_mm"] is None
     basis = json.loads((run / "config.json").read_text())["basis"]
     assert metrics["deformation"] == "basis" and basis["init_width"] == pytest.approx(1 / 9)  # 10 frames
-    assert set(metrics["stage_seconds"]) == set(STAGES) - {"evaluate"}
+    assert set(metrics["stage_seconds"]) == set(STAGES)
     cameras = json.loads((run / "cameras.json").read_text())
     assert (cameras["width"], cameras["height"]) == (64, 48) and len(cameras["frames"]) == 10
     c2w = np.array([f["c2w"] for f in cameras["frames"]])
@@ -164,7 +164,7 @@ def test_resume_skips_finished_stages(tissue, tmp_path, monkeypatch):
     assert (staging / "mesh.ply").is_file() and not out.exists()
     before = torch.load(staging / "cameras.pt", weights_only=False)["c2w"]
     first = json.loads((staging / "stage_seconds.json").read_text())
-    assert first["depth"] > 0 and "gaussians" not in first  # the interrupted stage is not counted
+    assert first["depth"] > 0 and first["gaussians"] > 0  # the interrupted attempt's time counts too
 
     monkeypatch.setattr(Trainer, "fit", original_fit)
 
@@ -176,7 +176,7 @@ def test_resume_skips_finished_stages(tissue, tmp_path, monkeypatch):
     assert main([*argv, "--resume"]) == 0
     assert torch.equal(torch.load(out / "cameras.pt", weights_only=False)["c2w"], before)  # the stage was reused
     seconds = json.loads((out / "metrics.json").read_text())["stage_seconds"]
-    assert all(seconds[k] >= first[k] for k in ("depth", "cameras", "mesh"))  # the first attempt's time counts
+    assert all(seconds[k] >= first[k] for k in ("depth", "cameras", "mesh", "gaussians"))  # the first attempt's
     assert seconds["frames"] > first["frames"] and not (out / "stage_seconds.json").exists()
 
 
@@ -198,5 +198,42 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tissue, tmp_path, ca
     fails(["reconstruct", str(tissue / "rgb"), *out, "--start", "100"], "rgb")  # nothing left after the crop
     fails(["reconstruct", str(tissue / "rgb"), *out, "--K", "100", "100", "500", "40"], "principal point")
     fails(["reconstruct", str(tissue / "rgb"), *out, "--end", "0"], "--end")
+    fails(["reconstruct", str(tissue / "rgb"), *out, "--end", "inf"], "end time")
+    fails(["reconstruct", str(tissue / "rgb"), *out, "--start", "nan"], "start time")
+    fails(["reconstruct", str(tissue / "rgb"), *out, "--width", "8"], "working width")
     fails(["reconstruct", str(tissue), *out, "--stride", "2"], "--stride")
     assert not (tmp_path / "r").exists() and not (tmp_path / ".r.partial").exists()
+
+
+def test_held_out_images_move_only_their_own_cameras_and_degenerate_ones_still_score(tissue, tmp_path):
+    """Held-out frame 1 replaced by a white-out (no valid pixel: its PSNR is n/a) and held-out frame 9 by a copy
+    of training frame 8 (the baseline is perfect: PSNR at its cap): the run finishes, and the training cameras,
+    the intrinsics and the training frames' depth equal those of the unchanged clip."""
+    from endo3d.gs.metrics import PSNR_CAP_DB
+
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    for k in range(10):
+        image = read_png(tissue / "rgb" / f"{k:06d}.png")
+        if k == 1:
+            image = np.full_like(image, 255)
+        elif k == 9:
+            image = read_png(tissue / "rgb" / "000008.png")
+        write_png(changed / f"{k:06d}.png", image)
+    runs = {}
+    for name, source in (("same", tissue / "rgb"), ("changed", changed)):
+        runs[name] = tmp_path / f"run_{name}"
+        assert main(["reconstruct", str(source), "--out", str(runs[name]), *TINY]) == 0
+    cams = {k: json.loads((r / "cameras.json").read_text()) for k, r in runs.items()}
+    train = split(range(10))[0]
+    for i in train:
+        assert cams["changed"]["frames"][i]["c2w"] == cams["same"]["frames"][i]["c2w"], i
+        assert np.array_equal(np.load(runs["changed"] / "depth" / f"{i:06d}.npy"),
+                              np.load(runs["same"] / "depth" / f"{i:06d}.npy")), i
+    assert cams["changed"]["K"] == cams["same"]["K"]
+    assert cams["changed"]["frames"][1]["c2w"] != cams["same"]["frames"][1]["c2w"]  # its own camera did move
+    metrics = json.loads((runs["changed"] / "metrics.json").read_text())
+    white, copy = metrics["per_frame"]
+    assert white["psnr"] is None and white["baseline_psnr"] is None
+    assert copy["baseline_psnr"] == PSNR_CAP_DB
+    assert "PSNR n/a dB" in (runs["changed"] / "report.html").read_text()
