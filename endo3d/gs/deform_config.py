@@ -58,8 +58,9 @@ class HexPlaneConfig:
 
     @classmethod
     def endogaussian(cls) -> "HexPlaneConfig":
-        """EndoGaussian's EndoNeRF setting (``arguments/endonerf/*.py``): 64 features, 64 x 100
-        samples, scales 1 2 4 8, width 32, one trunk layer, opacity deformed, no regularisation."""
+        """EndoGaussian's EndoNeRF setting (``arguments/endonerf/cutting.py``; ``pulling.py`` differs only in
+        32 features): 64 features, 64 x 100 samples, scales 1 2 4 8, width 32, one trunk layer, opacity
+        deformed, no regularisation."""
         return cls(features=64, resolution=64, time_resolution=100, scales=(1, 2, 4, 8), width=32,
                    trunk_layers=1, deform_opacities=True, tv_weight=0.0, time_smoothness_weight=0.0,
                    time_l1_weight=0.0)

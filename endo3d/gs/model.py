@@ -1,9 +1,10 @@
 """A deformable Gaussian scene: canonical Gaussians plus a deformation field over time.
 
 The canonical Gaussians (``splats``, raw parameters: log-scales, opacity
-logits, SH coefficients) describe the scene at ``t = 0``; the field maps each
-to its state at normalised time ``t`` (additive deltas). Rendering a camera
-at time ``t``:
+logits, SH coefficients) start as the scene at ``t = 0``; the field maps each
+to its state at normalised time ``t`` (additive deltas, which training leaves
+non-zero at ``t = 0`` too, so the scene at a time is always canonical plus
+field). Rendering a camera at time ``t``:
 
 1. deform (skipped in the coarse stage),
 2. activate: ``scale = exp(s)``, ``opacity = sigmoid(o)``, ``q / |q|``,
