@@ -73,6 +73,8 @@ class DepthNetConfig:
             out.append(f"--scales must be 1..4, got {self.scales}")
         if self.rank < 1:
             out.append(f"--rank must be >= 1, got {self.rank}")
+        if self.alpha is not None and not self.alpha > 0:
+            out.append(f"--alpha must be > 0, got {self.alpha}")
         if self.version not in (1, 2):
             out.append(f"--version must be 1 or 2, got {self.version}")
         return out
@@ -286,6 +288,14 @@ class DepthPredictConfig:
             raise InputError("settings", "give exactly one of --checkpoint RUN or --weights FILE")
         if self.frame_step < 1:
             raise InputError("settings", f"--frame-step must be >= 1, got {self.frame_step}")
+        from endo3d.depth.dinov2 import VIT_SIZES
+
+        if self.encoder is not None and self.encoder not in VIT_SIZES:
+            raise InputError("settings", f"--encoder must be one of {', '.join(VIT_SIZES)}, got {self.encoder!r}")
+        if self.version not in (1, 2):
+            raise InputError("settings", f"--version must be 1 or 2, got {self.version}")
+        if self.input_size < 14:
+            raise InputError("settings", f"--input-size must be >= 14 (one ViT patch), got {self.input_size}")
 
 
 __all__ = [

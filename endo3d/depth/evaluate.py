@@ -230,6 +230,11 @@ def evaluate(config) -> tuple[dict[str, Any], Path]:
 
     if config.frame_step < 1:
         raise InputError("--frame-step", f"must be >= 1, got {config.frame_step}")
+    if not config.data:
+        raise InputError("settings", "give at least one dataset to evaluate on")
+    if not (config.min_depth_mm > 0 and (config.max_depth_mm is None or config.min_depth_mm < config.max_depth_mm)):
+        raise InputError("settings", f"need 0 < --min-depth-mm < --max-depth-mm, got {config.min_depth_mm}, "
+                                     f"{config.max_depth_mm}")
     loaded = load_run(config.checkpoint)
     sequences = open_sequences(list(config.data), frame_step=config.frame_step)
     if not any(s.has_depth for s in sequences) and loaded.pose is None:

@@ -174,7 +174,8 @@ def view_synthesis_loss(
         Ks: per source ``(B, 3, 3)`` intrinsics (learned per pair or known).
         brightness: per source ``(B, 2)`` ``(a, b)``; None = no correction.
         target_valid: ``(B, 1, H, W)`` bool, pixels to use (FOV, instruments, specular).
-        source_valid: per source ``(B, 1, H, W)`` bool (sampled at the warp, nearest).
+        source_valid: per source ``(B, 1, H, W)`` bool (sampled bilinearly at the warp and kept where
+            it is > 0.999: a pixel next to an invalid one counts as invalid).
         noise: ``(B, S, H, W)`` tie-breaking noise added to the identity errors
             (Monodepth2 adds ``1e-5 * randn``); None = none.
     """

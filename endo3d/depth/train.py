@@ -191,6 +191,9 @@ def build_models(config: TrainSettings, device: torch.device) -> tuple[DepthNet,
     if init is not None:
         if init.network.encoder != network.encoder:
             raise InputError(config.init, f"run uses encoder {init.network.encoder}, not {network.encoder}")
+        if init.network.version != network.version:
+            raise InputError(config.init, f"run uses Depth Anything version {init.network.version} (its tap "
+                                          f"blocks), not {network.version}: pass --version {init.network.version}")
         from endo3d.depth.adapters import merge_adapters
 
         backbone = init.net.backbone
@@ -353,6 +356,7 @@ def train(config: DepthTrainConfig | DepthFinetuneConfig, *, stop_after: int | N
     device = resolve_device(config.device)
 
     started = time.perf_counter()
+    net, pose, base = build_models(config, device)  # bad weights or --init fail here, before any folder exists
     try:
         with resumable_output_dir(config.out, overwrite=config.overwrite, resume=config.resume) as (stage, resuming):
             settings = _settings_record(config)
@@ -363,7 +367,6 @@ def train(config: DepthTrainConfig | DepthFinetuneConfig, *, stop_after: int | N
                     raise InputError(config.out, f"--resume with other settings than the interrupted run ({', '.join(diff[:3])})")
             else:
                 (stage / "settings.json").write_text(json.dumps(settings, indent=1))
-            net, pose, base = build_models(config, device)
             prior = None
             if self_supervised and config.prior_weight > 0:  # the starting network, before any step or resume
                 prior = copy.deepcopy(net).eval().requires_grad_(False)
@@ -391,8 +394,8 @@ def train(config: DepthTrainConfig | DepthFinetuneConfig, *, stop_after: int | N
                 if pose is not None:
                     pose.load_state_dict(ckpt["pose"])
                 optimizer.load_state_dict(ckpt["optimizer"])
-                sampler.set_state(ckpt["sampler"])
-                noise.set_state(ckpt["noise"])
+                sampler.set_state(ckpt["sampler"].cpu())  # map_location put them on the device; generators are CPU
+                noise.set_state(ckpt["noise"].cpu())
                 history, start = list(ckpt["history"]), int(ckpt["step"])
 
             from tqdm import tqdm

@@ -40,6 +40,10 @@ def test_train_eval_predict(cli_run, rigid_colon, tmp_path, capsys):
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["frames"] == 8 and 0 < result["depth"]["abs_rel"] < 10
     assert result["pose"]["ate_mm"] >= 0 and result["intrinsics"]["focal_error_pct"] >= 0
+    for flags, match in (([], "at least one dataset"), ([str(rigid_colon), "--min-depth-mm", "-1"], "--min-depth-mm")):
+        code = main(["depth", "eval", *flags, "--checkpoint", str(cli_run), "--out", str(tmp_path / "e.json")])
+        _one_line_error(capsys, code, match)
+    assert json.loads((tmp_path / "e.json").read_text()) == result  # the earlier result is kept
     code = main(["depth", "predict", str(rigid_colon), "--out", str(tmp_path / "pred"), "--checkpoint", str(cli_run),
                  "--video", "--no-progress", "--device", "cpu"])
     assert code == 0
@@ -99,3 +103,10 @@ def test_bad_input_exits_2(tiny_encoder, tmp_path, capsys, layouts):
     _one_line_error(capsys, code, "nope.pth")
     code = main(["depth", "train", str(tmp_path / "one.mp4"), "--out", str(tmp_path / "r"), "--height", "50"])
     _one_line_error(capsys, code, "multiple of 14")
+    code = main(["depth", "train", str(tmp_path / "one.mp4"), "--out", str(tmp_path / "r"), "--alpha", "-1"])
+    _one_line_error(capsys, code, "--alpha")
+    predict = ["depth", "predict", str(tmp_path / "one.mp4"), "--out", str(tmp_path / "p"), "--weights",
+               str(tmp_path / "nope.pth")]
+    for flags, match in ((["--encoder", "vitx"], "--encoder"), (["--version", "3"], "--version"),
+                         (["--input-size", "0"], "--input-size")):
+        _one_line_error(capsys, main([*predict, *flags]), match)

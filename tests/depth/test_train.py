@@ -169,6 +169,10 @@ def test_supervised_finetune_then_self_supervised_init(tiny_encoder, rigid_colon
     base = load_tensors(tmp_path / "adapt" / "base.safetensors")
     ft_base = load_tensors(tmp_path / "ft" / "base.safetensors")
     assert all(torch.equal(base[k], ft_base[k]) for k in ft_base)
+    # another Depth Anything version taps other blocks: refused, and nothing is left behind to block a re-run
+    with pytest.raises(InputError, match="version 2"):
+        train(_ss(tissue, tmp_path / "v1", steps=2, init=tmp_path / "ft", version=1))
+    assert not (tmp_path / "v1").exists() and not (tmp_path / ".v1.partial").exists()
 
 
 def test_bad_inputs(tiny_encoder, rigid_colon, tmp_path, layouts):
