@@ -5,18 +5,15 @@ from __future__ import annotations
 from endo3d.pbr.config import PbrFitConfig, PbrRenderConfig
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def run_fit(config: PbrFitConfig) -> None:
+    from endo3d.gs.metrics import format_metric
     from endo3d.pbr.fit import fit
 
     result = fit(config)
     m = result.metrics
     print(f"wrote {result.run}: {config.model} model, {m['steps']} steps in {m['train_seconds']:.0f} s")
-    print(f"test frames {m['test_frames']}: PSNR {_fmt(m['psnr'])} dB (masked full image), "
-          f"{_fmt(m['psnr_tissue'])} dB (tissue only), SSIM {_fmt(m['ssim'], 3)}")
+    print(f"test frames {m['test_frames']}: PSNR {format_metric(m['psnr'])} dB (masked full image), "
+          f"{format_metric(m['psnr_tissue'])} dB (tissue only), SSIM {format_metric(m['ssim'], 3)}")
     lights = m.get("lights")
     if lights:
         print(f"light vs dataset: falloff error {100 * lights['falloff_relative_error']:.1f} %, intensity share "

@@ -41,8 +41,8 @@ class ImageMetrics:
     """Masked full image (Deform3DGS's protocol); None for a frame without tissue pixels."""
     psnr_tissue: float | None
     """Tissue pixels only (EndoGaussian's protocol)."""
-    ssim: float
-    """Masked full image, zero-padded borders (both anchors' protocol)."""
+    ssim: float | None
+    """Masked full image, zero-padded borders (both anchors' protocol); None without tissue pixels."""
     lpips: float | None
     depth_rmse_mm: float | None
 
@@ -76,7 +76,7 @@ def image_metrics(render: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     a, b = render * m, target * m
     tissue = bool(mask.any())
     out = ImageMetrics(psnr=psnr(mse_full) if tissue else None, psnr_tissue=psnr(mse_tissue) if tissue else None,
-                       ssim=float(ssim_map(a, b, border="zeros").mean()),
+                       ssim=float(ssim_map(a, b, border="zeros").mean()) if tissue else None,
                        lpips=lpips(a, b) if lpips is not None else None, depth_rmse_mm=None)
     if depth is not None and target_depth is not None:
         valid = mask & (target_depth > 0)

@@ -6,6 +6,7 @@ This module imports no torch, so ``endo3d --help`` stays fast.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -117,6 +118,28 @@ class PbrFitConfig:
     progress: bool = True
     """Show a progress bar."""
 
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, as phrases naming the flag (empty when usable)."""
+        out = []
+        for name, value, ok, need in (
+                ("--steps", self.steps, self.steps >= 0, ">= 0"),
+                ("--frames-per-step", self.frames_per_step, self.frames_per_step >= 1, ">= 1"),
+                ("--pixels-per-frame", self.pixels_per_frame, self.pixels_per_frame >= 0, ">= 0"),
+                ("--checkpoint-every", self.checkpoint_every, self.checkpoint_every >= 1, ">= 1"),
+                ("--saturation", self.saturation, 0 < self.saturation <= 1, "in (0, 1]"),
+                ("--saturated-weight", self.saturated_weight, self.saturated_weight >= 0, ">= 0"),
+                ("--max-range-mm", self.max_range_mm, self.max_range_mm >= 0, ">= 0 (0: meta.json's)"),
+                ("--field.levels", self.field.levels, self.field.levels >= 1, ">= 1"),
+                ("--field.table-log2", self.field.table_log2, 1 <= self.field.table_log2 <= 24, "in 1..24"),
+                ("--field.features", self.field.features, self.field.features >= 1, ">= 1"),
+                ("--field.hidden", self.field.hidden, self.field.hidden >= 1, ">= 1"),
+                ("--field.finest-mm", self.field.finest_mm,
+                 0 < self.field.finest_mm <= self.field.coarsest_mm, "in (0, --field.coarsest-mm]"),
+                ("--lr.final-ratio", self.lr.final_ratio, 0 < self.lr.final_ratio <= 1, "in (0, 1]")):
+            if not (ok and math.isfinite(value)):
+                out.append(f"{name} must be {need}, got {value}")
+        return out
+
 
 @dataclass(frozen=True)
 class PbrRenderConfig:
@@ -146,3 +169,17 @@ class PbrRenderConfig:
     overwrite: bool = False
     """Replace an existing dataset folder."""
     progress: bool = True
+    """Show a progress bar."""
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, as phrases naming the flag (empty when usable)."""
+        out = [f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(self, name)}"
+               for name in ("light_scale", "exposure_scale", "speed")
+               if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0)]
+        if not (math.isfinite(self.falloff_scale) and self.falloff_scale >= 0):
+            out.append(f"--falloff-scale must be a finite number >= 0, got {self.falloff_scale}")
+        if not all(math.isfinite(v) for v in self.shift_mm):
+            out.append(f"--shift-mm must be finite, got {self.shift_mm}")
+        if self.frames < 0:
+            out.append(f"--frames must be >= 0, got {self.frames}")
+        return out

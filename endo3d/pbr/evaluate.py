@@ -64,7 +64,10 @@ def compare_lights(fitted: Sequence[SpotLight], reference: Sequence[dict[str, An
     """
     if len(reference) != len(fitted):
         return {"note": f"{len(fitted)} fitted lights, {len(reference)} in the dataset: not compared"}
-    ref = [SpotLight.from_json(r) for r in reference]
+    try:
+        ref = [SpotLight.from_json(r) for r in reference]
+    except (KeyError, ValueError, TypeError) as e:
+        return {"note": f"the dataset's lights are not complete spot lights ({type(e).__name__}: {e}): not compared"}
     fit_total = sum(l.intensity for l in fitted)
     ref_total = sum(l.intensity for l in ref)
     per_light = []

@@ -393,10 +393,16 @@ def light_report(model: PbrModel | BakedModel, inputs: FitInputs, gauge: torch.T
     out["fitted"] = {"lights": [l.to_json() for l in fitted], "ambient": [float(v) for v in ambient]}
     spots = [l for l in meta.lights if l.get("type") == "spot"]
     if spots:
+        if gauge is not None and inputs.learn_exposure:
+            # the anchor frame's exposure is fixed at 1, so the fitted intensities carry its true exposure
+            true = inputs.dataset.frame(inputs.train_ids[0]).extra.get("exposure")
+            gauge = gauge * float(true) if isinstance(true, (int, float)) and true > 0 else None
         out["comparison"] = compare_lights(fitted, spots, gauge, ambient, reference_ambient)
     out["gauge"] = ("image = exposure * intensity_c * albedo_c (diffuse): intensities and ambient are compared "
                     "after dividing by the per-channel albedo gauge s_c (least squares of s_c * fitted albedo to "
-                    "the true albedo on training frames); falloff, intensity shares and positions need no gauge")
+                    "the true albedo on training frames), times the first training frame's true exposure when "
+                    "exposures were learned (that frame's is fixed at 1; without it they are not compared); "
+                    "falloff, intensity shares and positions need no gauge")
     return out
 
 
@@ -422,6 +428,10 @@ def _checkpoint(trainer: Trainer, inputs: FitInputs, config: PbrFitConfig) -> di
     }
 
 
+RESUME_FREE = ("out", "overwrite", "resume", "progress", "renders")
+"""Settings a resumed fit may change: where and how it writes, not what it fits."""
+
+
 def _save(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -436,20 +446,28 @@ def fit(config: PbrFitConfig) -> FitResult:
     """Run ``endo3d pbr fit``: returns the run folder and its metrics."""
     from tqdm import tqdm
 
-    if config.steps < 0 or config.frames_per_step < 1:
-        raise InputError("--steps/--frames-per-step", "steps must be >= 0 and frames per step >= 1")
+    problems = config.problems()
+    if problems:
+        raise InputError("settings", problems[0])
     torch.manual_seed(config.seed)
     inputs = load_inputs(config)
     if not inputs.train_ids:
         raise InputError(config.dataset, "no training frames")
+    if not any(len(inputs.frames[i].points_cam) for i in inputs.train_ids):
+        raise InputError(config.dataset, "no training pixel sees the mesh: check the poses, K and --max-range-mm")
     with resumable_output_dir(config.out, overwrite=config.overwrite, resume=config.resume) as (run, resuming):
         model = _start_model(config, inputs)
         trainer = Trainer(config, inputs, model)
         checkpoint = run / "checkpoint.pt"
         if resuming and checkpoint.is_file():
             state = torch.load(checkpoint, weights_only=True)
-            if state.get("kind") != config.model or state.get("num_frames") != len(inputs.frames):
-                raise InputError(checkpoint, "was written by a run with another model or dataset")
+            now = {k: v for k, v in json.loads(json.dumps(to_dict(config), default=str)).items()
+                   if k not in RESUME_FREE}
+            saved = {k: v for k, v in state.get("config", {}).items() if k not in RESUME_FREE}
+            if state.get("num_frames") != len(inputs.frames) or saved != now:
+                changed = sorted(k for k in now if saved.get(k) != now[k]) or ["dataset"]
+                raise InputError(checkpoint, f"--resume with other settings than the interrupted run "
+                                             f"({', '.join(changed[:3])}); start again with --overwrite")
             trainer.load_state_dict(state["trainer"])
         shutil.copyfile(inputs.dataset.path / inputs.dataset.meta.mesh, run / "mesh.ply")
         _write_json(run / "config.json", to_dict(config))
@@ -509,7 +527,8 @@ def _evaluate(model: PbrModel | BakedModel, inputs: FitInputs, trainer: Trainer,
         "psnr": test["psnr"], "psnr_tissue": test["psnr_tissue"], "ssim": test["ssim"],
         "lpips": (sum(m["lpips"] for m in per_test) / len(per_test)) if lpips is not None else None,
         "lpips_note": lpips_note,
-        "train_psnr": mean_metrics(per_train)["psnr_tissue"],
+        "train_psnr": mean_metrics(per_train)["psnr"],  # the same protocol as "psnr"
+        "train_psnr_tissue": mean_metrics(per_train)["psnr_tissue"],
         "test_frames": inputs.test_ids, "train_frames": len(inputs.train_ids),
         "per_frame": [{"index": i, **m} for i, m in zip(inputs.test_ids, per_test)],
         "steps": trainer.step, "train_seconds": trainer.train_seconds,

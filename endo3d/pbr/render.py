@@ -51,6 +51,8 @@ def load_run(run: Path) -> tuple[PbrModel | BakedModel, dict[str, Any]]:
         raise InputError(path, f"cannot be read as a checkpoint ({type(e).__name__})") from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise InputError(path, "not a pbr fit checkpoint of this version")
+    if state.get("kind") not in ("pbr", "baked") or "field" not in state.get("config", {}):
+        raise InputError(path, "not a pbr fit checkpoint (e.g. endo3d reconstruct's; use endo3d render)")
     field_config = from_dict(FieldConfig, state["config"]["field"], str(path))
     lights = [SpotLight.create() for _ in range(state["num_lights"])]
     response = Response(torch.zeros(state["num_frames"]), learn_exposure=False,
@@ -113,8 +115,9 @@ def render_dataset(config: PbrRenderConfig) -> Path:
     """Run ``endo3d pbr render``; returns the dataset folder."""
     from tqdm import tqdm
 
-    if config.light_scale <= 0 or config.falloff_scale < 0 or config.exposure_scale <= 0:
-        raise InputError("--light-scale/--falloff-scale/--exposure-scale", "must be positive (falloff >= 0)")
+    problems = config.problems()
+    if problems:
+        raise InputError("settings", problems[0])
     model, state = load_run(config.run)
     camera = Camera.from_json(state["camera"], state["width"], state["height"])
     poses, source_frames = new_path(state["poses"].numpy(), reverse=config.reverse, speed=config.speed,

@@ -55,3 +55,24 @@ def test_fit_and_render_from_the_command_line(rigid_colon, tmp_path, capsys):
     assert main(["pbr", "render", str(run), "--out", str(tmp_path / "data"), "--frames", "2",
                  "--no-progress"]) == 0
     assert (tmp_path / "data" / "meta.json").is_file()
+
+
+def test_bad_settings_exit_2_before_any_folder(rigid_colon, tmp_path, capsys):
+    for flags, needle in ((["--checkpoint-every", "0"], "--checkpoint-every"), (["--field.levels", "0"], "--field.levels"),
+                          (["--lr.final-ratio", "-1"], "--lr.final-ratio"), (["--saturated-weight", "-1"], "--saturated")):
+        assert main(["pbr", "fit", str(rigid_colon), "--out", str(tmp_path / "run"), *flags]) == 2
+        assert needle in _one_line_error(capsys)
+    assert not (tmp_path / "run").exists() and not (tmp_path / ".run.partial").exists()
+    for flags, needle in ((["--light-scale", "nan"], "--light-scale"), (["--exposure-scale", "inf"], "--exposure"),
+                          (["--shift-mm", "nan", "0", "0"], "--shift-mm")):
+        assert main(["pbr", "render", str(tmp_path / "nothing"), "--out", str(tmp_path / "out"), *flags]) == 2
+        assert needle in _one_line_error(capsys)
+
+
+def test_render_refuses_a_reconstruct_checkpoint(tmp_path, capsys):
+    import torch
+
+    (tmp_path / "run").mkdir()
+    torch.save({"version": 1, "config": {"deformation": "hexplane"}, "splats": {}}, tmp_path / "run" / "checkpoint.pt")
+    assert main(["pbr", "render", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 2
+    assert "endo3d render" in _one_line_error(capsys)

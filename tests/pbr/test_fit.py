@@ -79,6 +79,8 @@ def test_resume_continues_an_interrupted_run(rigid_colon, tmp_path, monkeypatch)
         load(self, state)
 
     monkeypatch.setattr(fit_module.Trainer, "load_state_dict", record)
+    with pytest.raises(InputError, match="seed"):  # other settings than the interrupted run: refused
+        fit(fit_config(rigid_colon, out, steps=12, checkpoint_every=5, renders=False, resume=True, seed=1))
     result = fit(fit_config(rigid_colon, out, steps=12, checkpoint_every=5, renders=False, resume=True))
     assert resumed_from == [5] and result.metrics["steps"] == 12
     assert (out / "metrics.json").is_file()
@@ -88,3 +90,26 @@ def test_baked_baseline_fits(rigid_colon, tmp_path):
     result = fit(fit_config(rigid_colon, tmp_path / "baked", model="baked", steps=10, renders=False))
     assert result.metrics["model"] == "baked" and result.metrics["psnr"] > 10
     assert json.loads((tmp_path / "baked" / "lights.json").read_text())["fitted"] is None
+
+
+def test_dataset_lights_without_intensity_are_not_compared_and_the_run_finishes(rigid_colon, tmp_path):
+    """``--lights meta`` uses only the lights' positions and axes; a meta.json light without intensity or falloff
+    must not end the run at the comparison."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(rigid_colon, data)
+    meta = json.loads((data / "meta.json").read_text())
+    meta["lights"] = [{"type": "spot", "position_cam": light["position_cam"]} for light in meta["lights"]]
+    (data / "meta.json").write_text(json.dumps(meta))
+    result = fit(fit_config(data, tmp_path / "run", steps=2, renders=False))
+    assert "not compared" in json.loads((tmp_path / "run" / "lights.json").read_text())["comparison"]["note"]
+    assert result.metrics["lights"] is None
+
+
+def test_a_fit_that_sees_no_surface_is_refused(rigid_colon, tmp_path):
+    with pytest.raises(InputError, match="max-range-mm"):
+        fit(fit_config(rigid_colon, tmp_path / "run", steps=2, max_range_mm=-5.0))
+    with pytest.raises(InputError, match="sees the mesh"):
+        fit(fit_config(rigid_colon, tmp_path / "run", steps=2, max_range_mm=1e-3))
+    assert not (tmp_path / "run").exists() and not (tmp_path / ".run.partial").exists()
