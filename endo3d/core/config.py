@@ -9,6 +9,7 @@ instead of a silently ignored setting. :func:`to_dict` is the inverse.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from pathlib import Path, PurePath
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -120,6 +121,8 @@ def _convert(hint: Any, value: Any, source: str, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(source, f"{where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise InputError(source, f"{where} must be a finite number, got {value!r}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):

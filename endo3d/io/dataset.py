@@ -284,6 +284,8 @@ class _Parser:
         for key in ("index", "time", "c2w", "rgb"):
             if key not in entry:
                 raise self.fail(f"frame {i}: missing key {key!r}")
+        if not isinstance(entry["rgb"], str):
+            raise self.fail(f"frame {i} rgb must be a path string")
         files = {}
         for c in CHANNELS:
             if entry.get(c) is not None:

@@ -388,8 +388,9 @@ def decode_normals(value: Any) -> tuple[np.ndarray, np.ndarray]:
 def encode_flow(flow: Any, valid: Any = None) -> np.ndarray:
     """Forward optical flow in pixels -> KITTI uint16 ``(H, W, 3)``.
 
-    Channels: 0 = u, 1 = v, each ``clip(round(flow * 64 + 2**15), 0, 65535)``;
-    2 = valid (1 or 0). Invalid pixels store zero flow.
+    Channels: 0 = u, 1 = v, each ``round(flow * 64 + 2**15)``; 2 = valid (1 or 0).
+    Invalid pixels, and flow beyond what 16 bits hold (about +-512 px), store
+    zero flow and are marked invalid.
 
     Args:
         flow: float ``(H, W, 2)``, (du, dv) in pixels.
@@ -401,7 +402,9 @@ def encode_flow(flow: Any, valid: Any = None) -> np.ndarray:
     ok = np.isfinite(f).all(axis=2)
     if valid is not None:
         ok &= _mask_like(valid, f.shape[:2], "flow valid mask")
-    uv = np.clip(np.rint(np.where(ok[..., None], f, 0.0) * 64.0 + 2.0**15), 0, 65535)
+    uv = np.rint(np.where(ok[..., None], f, 0.0) * 64.0 + 2.0**15)
+    ok &= ((uv >= 0) & (uv <= 65535)).all(axis=2)
+    uv = np.where(ok[..., None], uv, 2.0**15)
     return np.concatenate([uv, ok[..., None]], axis=2).astype(np.uint16)
 
 

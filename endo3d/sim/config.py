@@ -10,6 +10,9 @@ from pathlib import Path
 
 from endo3d.core.errors import InputError
 
+MAX_SIZE = 8192
+"""Largest simulated image side, pixels (a frame's G-buffer is ~100 bytes per pixel)."""
+
 
 @dataclass(frozen=True)
 class SimulateConfig:
@@ -48,6 +51,9 @@ class SimulateConfig:
                 raise InputError(f"--{name}", f"must be positive, got {getattr(self, name)}")
         if self.width < 8 or self.height < 8:
             raise InputError("--width/--height", f"image {self.width}x{self.height} is smaller than 8x8")
+        if self.width > MAX_SIZE or self.height > MAX_SIZE:
+            raise InputError("--width/--height", f"image {self.width}x{self.height} is larger than "
+                                                 f"{MAX_SIZE}x{MAX_SIZE}")
         if not 0 <= self.seed < 2**63:
             raise InputError("--seed", f"must be in [0, 2^63), got {self.seed}")
         if not 0.1 <= self.fps <= 10000:

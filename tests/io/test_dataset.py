@@ -278,6 +278,7 @@ def _mirror(m):
         (lambda m: m.update(units="m"), r"meta\.json: units must be 'mm'"),
         (lambda m: m.update(width="80"), r"meta\.json: width must be an integer"),
         (lambda m: m["frames"][1].pop("c2w"), r"meta\.json: frame 1: missing key 'c2w'"),
+        (lambda m: m["frames"][1].update(rgb=None), r"meta\.json: frame 1 rgb must be a path string"),
         (lambda m: m["frames"][1].update(c2w=[[1, 0], [0, 1]]), r"meta\.json: frame 1 c2w must be a 4x4"),
         (_set_c2w_nan, r"meta\.json: frame 3 c2w has non-finite values"),
         (_scale_rotation, r"meta\.json: frame 2 c2w has a rotation that is not orthonormal"),

@@ -165,13 +165,13 @@ def test_normal_round_trip_within_one_step():
 def test_flow_encoding_is_kitti(tmp_path):
     flow = np.zeros((2, 3, 2))
     flow[0, 0] = [1.5, -2.25]
-    flow[0, 1] = [1000.0, -1000.0]  # beyond the uint16 range: clipped
+    flow[0, 1] = [1000.0, -1000.0]  # beyond the uint16 range: not a label, so invalid
     flow[0, 2] = [np.nan, 0.0]
     valid = np.ones((2, 3), bool)
     valid[1, 2] = False
     u = encode_flow(flow, valid)
     np.testing.assert_array_equal(u[0, 0], [2**15 + 96, 2**15 - 144, 1])
-    np.testing.assert_array_equal(u[0, 1], [65535, 0, 1])
+    np.testing.assert_array_equal(u[0, 1], [2**15, 2**15, 0])
     assert u[0, 2, 2] == 0 and u[1, 2, 2] == 0 and u[1, 1, 2] == 1
     # On disk: R = u, G = v, B = valid.
     write_png(tmp_path / "flow.png", u)
@@ -179,7 +179,7 @@ def test_flow_encoding_is_kitti(tmp_path):
     assert raw[0, 0, 0] == 2**15 + 96 and raw[0, 0, 1] == 2**15 - 144 and raw[0, 0, 2] == 1
     decoded, ok = decode_flow(raw)
     np.testing.assert_allclose(decoded[0, 0], [1.5, -2.25])
-    np.testing.assert_array_equal(ok, [[True, True, False], [True, True, False]])
+    np.testing.assert_array_equal(ok, [[True, False, False], [True, True, False]])
     np.testing.assert_array_equal(decoded[0, 2], 0.0)
 
 

@@ -73,6 +73,11 @@ def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path):
     ('kind = "airway"\n[render]\ndepth_scale_mm = 0.0', "render.depth_scale_mm must be > 0"),
     ('kind = "mesh"\nmesh = "x.ply"\n[[keyframes]]\ntime_s = 0.0\neye = [1.0, 2.0, 3.0]\ntarget = [1.0, 2.0, 3.0]',
      "eye and target must differ"),
+    ('kind = "colon"\nfold_depth = nan', "fold_depth must be a finite number"),
+    ('kind = "colon"\n[sensor]\nexposure = inf', "exposure must be a finite number"),
+    ('kind = ["colon"]', "'kind' must be one of"),
+    ('kind = "colon"\n[render]\nmax_range_mm = 200.0\ndepth_scale_mm = 0.0005', "beyond what the 16-bit depth"),
+    ('kind = "tissue"\ntilt_deg = 90.0', "cannot build the scene"),
 ])
 def test_bad_scene_values_are_one_line_errors(tmp_path, capsys, text, problem):
     scene = tmp_path / "bad.toml"
@@ -85,6 +90,7 @@ def test_bad_scene_values_are_one_line_errors(tmp_path, capsys, text, problem):
 @pytest.mark.parametrize("argv, problem", [
     (["--seed", "-1"], "--seed: must be in [0, 2^63)"),
     (["--fps", "1e-300"], "--fps: must be positive and at most 10000"),
+    (["--width", "100000", "--height", "100000"], "larger than 8192x8192"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, problem):
     code = main(["simulate", "--scene", "colon", "--out", str(tmp_path / "out"), *argv])

@@ -14,6 +14,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from endo3d.core.config import from_dict, to_dict
 from endo3d.core.errors import InputError
 from endo3d.sim.scene import Scene
@@ -76,10 +78,12 @@ def spec_from_file(path: Path) -> Any:
     except tomllib.TOMLDecodeError as e:
         raise InputError(path, f"not valid TOML ({e})") from None
     kind = data.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise InputError(path, f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
     spec_cls = KINDS[kind][0]
     if kind == "mesh" and "mesh" in data:
+        if not isinstance(data["mesh"], str):
+            raise InputError(path, f"'mesh' must be a path (a string), got {data['mesh']!r}")
         mesh = Path(data["mesh"])
         data["mesh"] = str(mesh if mesh.is_absolute() else (path.parent / mesh).resolve())
     spec = from_dict(spec_cls, data, str(path))
@@ -102,8 +106,14 @@ def build_scene(spec: Any, args: BuildArgs, source: str = "scene") -> Scene:
         raise InputError(source, problems[0])
     try:
         scene = KINDS[spec.kind][1](spec, args)
-    except ValueError as e:
+        for k in range(args.num_frames):  # every camera pose now, so an impossible path is an InputError too
+            if not np.isfinite(scene.c2w(k)).all():
+                raise ValueError(f"the camera pose of frame {k} is not finite")
+    except (ValueError, OverflowError) as e:
         raise InputError(source, f"cannot build the scene: {e}") from None
+    except MemoryError:
+        raise InputError(source, "cannot build the scene: it needs more memory than there is (sizes, "
+                                 "vertex counts or voxel sizes too extreme)") from None
     if not any(len(s.faces) for s in scene.surfaces if s.is_tissue):
         raise InputError(source, "the scene has no tissue triangles")
     scene.spec = to_dict(spec)
