@@ -135,7 +135,7 @@ def predict_cameras(run: Path, clip: Clip, train: list[int], K_given: np.ndarray
         depths.append(F.interpolate(d, size=(clip.height, clip.width), mode="bilinear", align_corners=False).cpu())
         if on_frame is not None:
             on_frame(min(k + batch, len(clip)))
-    test = [i for i in range(len(clip)) if i not in set(train)]
+    test = sorted(set(range(len(clip))) - set(train))
     pairs = list(zip(train[:-1], train[1:])) + [(train[anchor_of(i, train)], i) for i in test]
     motions, Ks = [], []
     for k in range(0, len(pairs), batch):
