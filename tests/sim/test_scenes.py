@@ -73,6 +73,12 @@ def test_mesh_scene_from_file_and_scene_file(tmp_path):
     assert (f.mask == 0).all()  # inside a closed organ every pixel sees tissue
     assert float(f.depth.max()) < 31.0
 
+    # a finer depth step that 16 bits can still hold over this organ's range is kept, not coarsened
+    (tmp_path / "fine.toml").write_text('kind = "mesh"\nmesh = "organ.ply"\n[render]\ndepth_scale_mm = 0.005\n')
+    simulate(SimulateConfig(scene=str(tmp_path / "fine.toml"), out=tmp_path / "fine", frames=2, width=32, height=24,
+                            workers=1, preview=False, deform_scale=0.0), progress=False)
+    assert read_dataset(tmp_path / "fine").meta.depth_scale_mm == 0.005
+
 
 def test_unreadable_mesh_is_an_input_error(tmp_path):
     bad = tmp_path / "broken.obj"

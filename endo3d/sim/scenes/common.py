@@ -50,6 +50,8 @@ class CommonSpec:
         """What is out of range, as short phrases naming the setting; empty when valid."""
         out = self.camera.problems() + self.sensor.problems() + self.palette.problems() + self.deform.problems()
         out += self.render.problems()
+        if self.deform.vertical_bias and self.kind != "tissue":  # the others have no up to lean the modes towards
+            out.append("deform.vertical_bias applies to the tissue scene only")
         if not self.lights:
             out.append("lights: at least one light is needed")
         for i, light in enumerate(self.lights):

@@ -106,8 +106,10 @@ def build_mesh(spec: MeshSpec, args: BuildArgs) -> Scene:
         if spec.keyframes:
             eyes = np.array([k.eye for k in spec.keyframes])
             far = float(np.max(np.linalg.norm(eyes - center, axis=1))) + 2 * radius
-        scale = next((s for s in DEPTH_SCALES if far / s < 60000), DEPTH_SCALES[-1])
-        render = dataclasses.replace(render, max_range_mm=far, depth_scale_mm=max(scale, render.depth_scale_mm))
+        scale = render.depth_scale_mm  # the given scale when 16 bits hold the range at it, else a coarser one
+        if far / scale >= 60000:
+            scale = max(scale, next((s for s in DEPTH_SCALES if far / s < 60000), DEPTH_SCALES[-1]))
+        render = dataclasses.replace(render, max_range_mm=far, depth_scale_mm=scale)
     camera = spec.camera.camera(args.width, args.height)
     return Scene("mesh", [surface], camera, spec.camera.fov_mask(camera), path, spec.lights, spec.sensor, render,
                  args.fps, args.num_frames, args.seed)
