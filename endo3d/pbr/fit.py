@@ -20,6 +20,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,6 +52,11 @@ from endo3d.render.response import srgb_decode
 __all__ = ["FitInputs", "FitResult", "Trainer", "build_model", "fit", "load_inputs", "image_metrics"]
 
 CHECKPOINT_VERSION = 1
+NONRIGID_WARN_MM = 0.25
+"""Non-rigid tissue motion (the simulator's per-frame ``tissue_nonrigid_mm``) above which a fit warns that its
+static mesh does not follow the data: the default finest material cell (``--field.finest-mm``)."""
+RESUME_FREE = ("out", "overwrite", "resume", "progress", "renders")
+"""Settings a resumed fit may change: where and how it writes, not what it fits."""
 
 
 @dataclass
@@ -126,6 +132,11 @@ def load_inputs(config: PbrFitConfig) -> FitInputs:
     n = len(ds)
     frames = [ds.frame(i) for i in range(n)]
 
+    nonrigid = max((float(f.extra.get("tissue_nonrigid_mm", 0.0)) for f in frames), default=0.0)
+    if nonrigid > NONRIGID_WARN_MM:
+        warnings.warn(f"{meta_path}: the tissue moves up to {nonrigid:.1f} mm (RMS) beyond a rigid motion, but pbr "
+                      "fit renders the static mesh; the material absorbs the mismatch (simulate with "
+                      "--deform-scale 0 for a rigid scene)", stacklevel=2)
     known = [f.extra.get("exposure") for f in frames]
     has_exposure = all(isinstance(e, (int, float)) and e > 0 for e in known)
     if config.exposure == "known" and not has_exposure:
@@ -426,10 +437,6 @@ def _checkpoint(trainer: Trainer, inputs: FitInputs, config: PbrFitConfig) -> di
         "learn_exposure": inputs.learn_exposure, "train_ids": inputs.train_ids, "test_ids": inputs.test_ids,
         "dataset": str(inputs.dataset.path.resolve()),
     }
-
-
-RESUME_FREE = ("out", "overwrite", "resume", "progress", "renders")
-"""Settings a resumed fit may change: where and how it writes, not what it fits."""
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:

@@ -113,3 +113,13 @@ def test_a_fit_that_sees_no_surface_is_refused(rigid_colon, tmp_path):
     with pytest.raises(InputError, match="sees the mesh"):
         fit(fit_config(rigid_colon, tmp_path / "run", steps=2, max_range_mm=1e-3))
     assert not (tmp_path / "run").exists() and not (tmp_path / ".run.partial").exists()
+
+
+def test_deforming_data_warns_that_the_mesh_is_static(tissue, rigid_colon, tmp_path):
+    with pytest.warns(UserWarning, match="beyond a rigid motion"):
+        load_inputs(fit_config(tissue, tmp_path / "run"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_inputs(fit_config(rigid_colon, tmp_path / "run"))
