@@ -79,6 +79,7 @@ def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path):
     ('kind = "colon"\n[render]\nmax_range_mm = 200.0\ndepth_scale_mm = 0.0005', "beyond what the 16-bit depth"),
     ('kind = "tissue"\ntilt_deg = 90.0', "cannot build the scene"),
     ('kind = "colon"\n[deform]\nvertical_bias = 0.5', "vertical_bias applies to the tissue scene only"),
+    ('kind = "tissue"\n[instrument]\ntrocar_mm = [0.0, 0.0, 0.0]\ngrasp_region_mm = 0.0', "no finite position"),
 ])
 def test_bad_scene_values_are_one_line_errors(tmp_path, capsys, text, problem):
     scene = tmp_path / "bad.toml"

@@ -106,9 +106,14 @@ def build_scene(spec: Any, args: BuildArgs, source: str = "scene") -> Scene:
         raise InputError(source, problems[0])
     try:
         scene = KINDS[spec.kind][1](spec, args)
-        for k in range(args.num_frames):  # every camera pose now, so an impossible path is an InputError too
-            if not np.isfinite(scene.c2w(k)).all():
-                raise ValueError(f"the camera pose of frame {k} is not finite")
+        with np.errstate(invalid="ignore", divide="ignore"):  # what is not finite is reported below, once
+            for k in range(args.num_frames):  # every pose now, so an impossible path is an InputError too
+                if not np.isfinite(scene.c2w(k)).all():
+                    raise ValueError(f"the camera pose of frame {k} is not finite")
+                for surface in scene.surfaces:
+                    if not surface.motion.static and not np.isfinite(
+                            surface.motion.positions(surface.vertices[:1], scene.time(k))).all():
+                        raise ValueError(f"{surface.name} has no finite position at frame {k}")
     except (ValueError, OverflowError) as e:
         raise InputError(source, f"cannot build the scene: {e}") from None
     except MemoryError:
