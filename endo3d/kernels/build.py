@@ -72,12 +72,24 @@ def _fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
+def _device_arch() -> str:
+    """What torch builds for when ``TORCH_CUDA_ARCH_LIST`` is unset: the GPU's compute capability (``9.0`` on an
+    H100, the same folder as an ahead-of-time build with ``TORCH_CUDA_ARCH_LIST=9.0``), ``native`` without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "native"
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}"
+
+
 def cache_dir() -> Path:
     """``$ENDO3D_CACHE_DIR`` or ``~/.cache/endo3d``, then ``kernels/torch<ver>-cu<ver>-<arch>-<hash>``."""
     import torch
 
     root = Path(os.environ.get("ENDO3D_CACHE_DIR") or Path.home() / ".cache" / "endo3d")
-    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "native").replace(" ", "_").replace(";", "_").replace("+", "p")
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST") or _device_arch()
+    arch = arch.replace(" ", "_").replace(";", "_").replace("+", "p")
     tag = f"torch{torch.__version__.split('+')[0]}-cu{torch.version.cuda}-{arch}-{_fingerprint()}"
     return root / "kernels" / tag
 
@@ -131,7 +143,9 @@ def build(verbose: bool = False) -> Path:
             is_python_module=False,
             verbose=verbose,
         )
-    except (RuntimeError, OSError, SystemExit) as e:  # ninja's failure is a RuntimeError with the log
+    # ninja's failure is a RuntimeError with the log, a bad arch list a ValueError, none at all without a GPU an
+    # IndexError: each is a failed build, so the auto backend falls back to the references
+    except (Exception, SystemExit) as e:
         tail = " | ".join(line.strip() for line in str(e).splitlines()[-4:] if line.strip())
         raise Endo3dError(f"building the CUDA kernels in {folder} failed: {tail}") from e
     return folder / f"{LIBRARY}.so"

@@ -15,8 +15,10 @@ axis ``d`` (any length, normalised here), on-axis radiant intensity ``I``
 
 ``mu = 0`` is an isotropic emitter over the half space in front of the light
 (the value that fits C3VD, where the light sits at the camera centre).
-Degenerate points (``X`` within 1e-6 mm of ``p``) get ``E = 0`` with finite
-gradients instead of a division by zero.
+A point exactly at the light gets ``E = 0``; below 1e-6 mm from it the
+squared distance is floored at 1e-12 mm^2 (so ``w`` is shorter than a unit
+vector and ``E`` at most about ``1e12 I``), with finite gradients instead of
+a division by zero. Tissue is never that close to a light.
 """
 
 from __future__ import annotations
@@ -242,7 +244,7 @@ def spot_irradiance(
 
     Returns:
         ``irradiance (..., 3)`` linear RGB in radiance units, and
-        ``to_light (..., 3)`` the unit vector ``w``.
+        ``to_light (..., 3)`` the unit vector ``w`` (shorter within 1e-6 mm of the light).
 
     Example:
         >>> light = SpotLight.create(intensity=100.0)

@@ -44,6 +44,35 @@ def test_cache_key_follows_the_sources(tmp_path, monkeypatch):
     assert build.cache_dir() != first
 
 
+def test_a_build_ahead_of_time_for_this_gpu_is_found_without_the_arch_variable(tmp_path, monkeypatch):
+    """``TORCH_CUDA_ARCH_LIST=9.0 endo3d kernels build`` and a later run on an H100 without the variable use one
+    cache folder."""
+    monkeypatch.setenv("ENDO3D_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    ahead = build.cache_dir()
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert build.cache_dir() == ahead
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert build.cache_dir() != ahead
+
+
+def test_any_error_of_the_compiler_wrapper_is_a_failed_build(tmp_path, monkeypatch):
+    """A malformed arch list is a ValueError inside torch's loader: a build failure, so auto can fall back."""
+    from torch.utils import cpp_extension
+
+    def bad_arch(**kwargs):
+        raise ValueError("Unknown CUDA arch (sm_90) or GPU not supported")
+
+    monkeypatch.setenv("ENDO3D_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", bad_arch)
+    with pytest.raises(Endo3dError, match="sm_90"):
+        build.build()
+
+
 def test_backend_from_env_and_override(monkeypatch):
     assert build.backend() == "auto"
     monkeypatch.setenv(build.ENV, "Torch")
