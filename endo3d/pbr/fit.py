@@ -420,12 +420,17 @@ def light_report(model: PbrModel | BakedModel, inputs: FitInputs, gauge: torch.T
 # -- the job --------------------------------------------------------------------------------------------
 
 
+def _config_record(config: PbrFitConfig) -> dict[str, Any]:
+    """``config`` as plain JSON values (paths as strings), as checkpoints store it and --resume compares it."""
+    return json.loads(json.dumps(to_dict(config), default=str))
+
+
 def _checkpoint(trainer: Trainer, inputs: FitInputs, config: PbrFitConfig) -> dict[str, Any]:
     """The checkpoint: trainer state and what ``pbr render`` needs to rebuild the model and the geometry."""
     meta = inputs.dataset.meta
     return {
         "version": CHECKPOINT_VERSION, "endo3d": __version__, "kind": config.model,
-        "config": json.loads(json.dumps(to_dict(config), default=str)),
+        "config": _config_record(config),
         "trainer": trainer.state_dict(),
         "num_frames": len(inputs.frames), "num_lights": len(inputs.lights),
         "camera": meta.camera.to_json(), "width": inputs.width, "height": inputs.height,
@@ -468,8 +473,7 @@ def fit(config: PbrFitConfig) -> FitResult:
         checkpoint = run / "checkpoint.pt"
         if resuming and checkpoint.is_file():
             state = torch.load(checkpoint, weights_only=True)
-            now = {k: v for k, v in json.loads(json.dumps(to_dict(config), default=str)).items()
-                   if k not in RESUME_FREE}
+            now = {k: v for k, v in _config_record(config).items() if k not in RESUME_FREE}
             saved = {k: v for k, v in state.get("config", {}).items() if k not in RESUME_FREE}
             if state.get("num_frames") != len(inputs.frames) or saved != now:
                 changed = sorted(k for k in now if saved.get(k) != now[k]) or ["dataset"]

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from endo3d.core.errors import InputError
-from endo3d.io import is_test_frame
+from endo3d.gs.data import split
 from endo3d.io.images import IMAGE_SUFFIXES, png_size, read_png, rgb_channels
 from endo3d.io.video import TIME_EPS, VIDEO_SUFFIXES, probe_video, read_video
 
@@ -347,7 +347,7 @@ def load_clip(path: str | Path, *, start_s: float = 0.0, end_s: float | None = N
                                f"{source.frames} frames at {source.fps:g} fps")
     rgb = _to_float(frames)
     index_array = np.asarray(index, dtype=np.int64)
-    training = [k for k in range(len(rgb)) if not is_test_frame(k)]  # held-out frames shape nothing
+    training = split(range(len(rgb)))[0]  # held-out frames shape nothing
     fov = detect_fov(rgb[training]) if detect_fov_mask else torch.ones((1,) + size_hw, dtype=torch.bool)
     instruments = None if masks is None else _load_instruments(Path(masks), source, index_array, size_hw)
     return Clip(rgb=rgb, fov=fov, specular=detect_specular(rgb, specular_threshold), instruments=instruments,

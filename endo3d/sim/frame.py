@@ -136,8 +136,8 @@ class FrameRenderer:
         R, C = c2w[:3, :3], c2w[:3, 3]
         dirs = self.rays_cam @ R.T
         hits = geom.cast(C, dirs)
-        max_depth = 65535 * scene.render.depth_scale_mm  # what the depth PNG can store
-        keep = hits.hit & (hits.t <= scene.render.max_range_mm) & (hits.t * self.rays_cam[:, 2] <= max_depth)
+        keep = (hits.hit & (hits.t <= scene.render.max_range_mm)
+                & (hits.t * self.rays_cam[:, 2] <= scene.render.depth_limit_mm))
         order = np.nonzero(keep)[0]
         n = len(order)
         surface = hits.surface[order]

@@ -166,10 +166,15 @@ class RenderSpec:
         out = positive(self, "depth_scale_mm", prefix="render.")
         if self.max_range_mm < 0 or min(self.ambient) < 0:
             out.append("render.max_range_mm and render.ambient must be >= 0")
-        if self.max_range_mm > 65535 * self.depth_scale_mm:
+        if self.max_range_mm > self.depth_limit_mm:
             out.append(f"render.max_range_mm ({self.max_range_mm:g}) is beyond what the 16-bit depth can hold at "
-                       f"render.depth_scale_mm ({65535 * self.depth_scale_mm:g} mm): raise depth_scale_mm")
+                       f"render.depth_scale_mm ({self.depth_limit_mm:g} mm): raise depth_scale_mm")
         return out
+
+    @property
+    def depth_limit_mm(self) -> float:
+        """The deepest z the uint16 depth PNG stores at ``depth_scale_mm`` (``io.images.encode_depth``)."""
+        return 65535 * self.depth_scale_mm
 
 
 class Trajectory(Protocol):
